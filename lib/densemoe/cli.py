@@ -1,0 +1,156 @@
+"""``densemoe`` command line: the entry points ``dvc.yaml`` calls where no notebook is needed.
+
+Every user-fixable problem prints one line, ``densemoe: error: <problem and fix>``, and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from densemoe import __version__
+from densemoe.config import Params, archive_dir, data_root, load_params
+from densemoe.errors import DensemoeError, unknown
+
+log = logging.getLogger("densemoe")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.quiet and not os.environ.get("CI")
+
+
+def _synth(params: Params, name: str, root: Path, progress: bool) -> Path:
+    from densemoe.data.synthetic import SYNTH_PRESETS, write_synth_dataset
+
+    if name not in params.data.synth:
+        raise unknown("synthetic dataset", name, params.data.synth, where=" in params.yaml data.synth")
+    sp = params.data.synth[name]
+    cfg = replace(SYNTH_PRESETS[name], height=sp.height, width=sp.width)
+    splits = {"train": sp.train, "val": sp.val, "test": sp.test}
+    out = write_synth_dataset(
+        root, name, cfg, splits, seed=params.seed, progress=progress, workers=sp.workers
+    )
+    print(f"{name}: {sp.train}/{sp.val}/{sp.test} train/val/test images of {sp.height}x{sp.width} in {out}")
+    return out
+
+
+def _fetch(params: Params, name: str, root: Path, progress: bool, force: bool = False) -> Path:
+    from densemoe.data.download import ArchiveSpec, fetch
+
+    if name not in params.data.archives:
+        raise unknown("dataset archive", name, params.data.archives, where=" in params.yaml data.archives")
+    a = params.data.archives[name]
+    spec = ArchiveSpec(name=name, url=a.url, archive=a.archive, md5=a.md5, size=a.size)
+    out = fetch(spec, root, archive_dir=archive_dir(params), progress=progress, force=force)
+    print(f"{name}: ready in {out}")
+    return out
+
+
+def _root(args: argparse.Namespace, params: Params) -> Path:
+    return Path(args.root) if args.root else data_root(params)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    """Generate a SynthScenes dataset (train/val/test) under the profile's data folder."""
+    params = load_params(args.params)
+    _synth(params, args.name, _root(args, params), _progress(args))
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> None:
+    """Download, verify and extract a real dataset archive named in ``params.yaml``."""
+    params = load_params(args.params)
+    _fetch(params, args.name, _root(args, params), _progress(args), args.force)
+
+
+def cmd_data_prepare(args: argparse.Namespace) -> None:
+    """Make every dataset of the active profile ready (the ``data`` stage of ``dvc.yaml``)."""
+    params = load_params(args.params)
+    root = _root(args, params)
+    for name in params.active.datasets:
+        if name.startswith("synth-"):
+            _synth(params, name, root, _progress(args))
+        else:
+            _fetch(params, name, root, _progress(args))
+
+
+def cmd_data_check(args: argparse.Namespace) -> None:
+    """Check that a dataset is in place and readable; print its split sizes."""
+    from densemoe.data.dataset import MultiTaskDataset
+    from densemoe.tasks import dataset_info
+
+    params = load_params(args.params)
+    root = _root(args, params)
+    info = dataset_info(args.name)
+    for split in ("train", "val", "test"):
+        ds = MultiTaskDataset(root, args.name, split, info.tasks)
+        sample = ds.raw(0)
+        print(
+            f"{args.name} {split}: {len(ds)} samples, first {sample['meta']['name']} {sample['meta']['size']}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="densemoe",
+        description="Multi-task dense prediction with mixture-of-experts decoders (MLoRE, FGMoE).",
+    )
+    parser.add_argument("--version", action="version", version=f"densemoe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=None, help="params file (default: the repository's params.yaml)")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--root", default=None, help="data folder (default: data.root of params.yaml)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    data = sub.add_parser("data", help="generate, download and check datasets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    synth = data_sub.add_parser(
+        "synth", parents=[common], help="generate a SynthScenes dataset (synth-pascal, synth-nyud)"
+    )
+    synth.set_defaults(func=cmd_data_synth)
+    fetch = data_sub.add_parser(
+        "fetch", parents=[common], help="download + verify + extract a real dataset (pascal-context, nyud-v2)"
+    )
+    fetch.add_argument("--force", action="store_true", help="re-download and re-extract")
+    fetch.set_defaults(func=cmd_data_fetch)
+    check = data_sub.add_parser(
+        "check", parents=[common], help="check a dataset is in place and print its split sizes"
+    )
+    check.set_defaults(func=cmd_data_check)
+    for p in (synth, fetch, check):
+        p.add_argument("name", help="dataset name")
+    prepare = data_sub.add_parser(
+        "prepare", parents=[common], help="make every dataset of the active profile ready"
+    )
+    prepare.set_defaults(func=cmd_data_prepare)
+
+    from densemoe.metrics.evaluate import add_evaluate_parser
+
+    add_evaluate_parser(sub, parents=[common])
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        args.func(args)
+    except DensemoeError as exc:
+        print(f"densemoe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "densemoe: interrupted; nothing half-written was kept, re-run the same command", file=sys.stderr
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
