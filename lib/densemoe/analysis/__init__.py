@@ -1,0 +1,1 @@
+"""Analysis: dataset summaries, tables, figures and expert usage."""

@@ -1,0 +1,1 @@
+"""Datasets (SynthScenes, PASCAL-Context MT, NYUD-v2 MT), download, and the official transforms."""
