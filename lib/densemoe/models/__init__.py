@@ -5,6 +5,7 @@
 >>> preds = model(images)  # {task: (B, K_t, H, W)}   # doctest: +SKIP
 """
 
+from densemoe.models import fgmoe_presets  # noqa: F401  (registers the FGMoE presets)
 from densemoe.models.mlore import MLoRE
 from densemoe.models.mlore_block import MLoReConfig
 from densemoe.models.registry import create_model, is_model, list_models, register_model
