@@ -2,7 +2,7 @@
 
 Paper: Yangyang Xu, Xi Ye, Duo Su, "Multi-Task Dense Prediction Fine-Tuning with Mixture of Fine-Grained
 Experts", ACM Multimedia 2025, arXiv:2507.19077 (https://arxiv.org/abs/2507.19077). No code was released and
-we hold only the abstract and the Figure-1 caption (``specs/fgmoe.md`` §1; ``docs/fgmoe.md`` is the
+we hold only the abstract and the Figure-1 caption (``specs/fgmoe.md`` §1; the README's FGMoE section is the
 README section). Each line below says where a part comes from — [A] abstract, [F] Figure-1 caption,
 [I] inferred (with its default; the code marks the same choices with ``inferred:`` comments):
 
@@ -27,7 +27,7 @@ README section). Each line below says where a part comes from — [A] abstract, 
 [I] load balancing per router: MLoRE's cv² of the importance (weight 3e-4 PASCAL, 5e-4 NYUD, as MLoRE's
     configs), or a Switch-style loss; the trainer adds the ``aux_losses()``.
 [A] fewer parameters than MoE baselines, better results on NYUD-v2 and PASCAL-Context: not reproduced here;
-    ``docs/fgmoe.md`` measures trainable vs total parameters next to MLoRE's.
+    the README's FGMoE section measures trainable vs total parameters next to MLoRE's.
 
 Every [I] choice is a :class:`FGMoEConfig` field, so the ablations (coarse experts, no shared experts, no
 global MoE, N_r / k sweeps, full fine-tuning) are presets (``fgmoe_presets.py``), not classes.
