@@ -77,7 +77,7 @@ def render(rows: list[dict]) -> str:
         f"Date {datetime.date.today().isoformat()}; counted on the meta device (no weights, no timing), "
         "batch 1 at each dataset's input size; produced by `benchmarks/fgmoe_complexity.py`. Parameters in "
         "millions; GFLOPs = multiply-accumulates / 2^30 (the MLoRE paper's unit; MLoRE re-parameterised). "
-        "FGMoE's architecture is inferred (README, FGMoE section); the paper gives no counts to compare with.",
+        "FGMoE's architecture is inferred (README, FGMoE section); the paper gives no counts to compare.",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
