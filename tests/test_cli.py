@@ -71,3 +71,9 @@ def test_bad_input_is_one_line(capsys, argv, message):
 def test_missing_params_file(capsys):
     code, _, err = run(capsys, "data", "synth", "synth-pascal", "--params", "/nope/params.yaml")
     assert code == 2 and "params file /nope/params.yaml does not exist" in err
+
+
+def test_a_dataset_lives_in_the_folder_of_the_profile_that_uses_it(tmp_path, capsys):
+    code, _, err = run(capsys, "data", "check", "nyud-v2", "--params", str(tiny_params(tmp_path)))
+    assert code == 2  # nothing fetched: the message names data/paper, where `densemoe train` will look
+    assert "data/paper/NYUDv2 does not exist; run `densemoe data fetch nyud-v2`" in err

@@ -52,7 +52,11 @@ def _fetch(params: Params, name: str, root: Path, progress: bool, force: bool = 
 
 
 def _root(args: argparse.Namespace, params: Params) -> Path:
-    return Path(args.root) if args.root else data_root(params)
+    """``--root``, else the data folder of the profile that uses the named dataset (``data/<profile>``)."""
+    if args.root:
+        return Path(args.root)
+    name = getattr(args, "name", None)
+    return data_root(params, profile=params.dataset_profile(name) if name else None)
 
 
 def cmd_data_synth(args: argparse.Namespace) -> None:
@@ -132,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     from densemoe.metrics.evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub, parents=[common])
+    from densemoe.train.commands import add_train_parser
+
+    add_train_parser(sub, parents=[common])
     return parser
 
 

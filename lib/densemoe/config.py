@@ -9,6 +9,7 @@ unknown dataset or profile name.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -67,13 +68,83 @@ class DataParams:
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
+AMP_MODES = ("none", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The training recipe (``specs/mlore.md`` §2): a profile's defaults, overridden per experiment.
+
+    Defaults are the official code's: Adam (betas 0.9/0.999, eps 1e-8) with L2 ``weight_decay`` 1e-6 on
+    every parameter (``decay_norms_and_biases: false`` exempts norms, biases and embeddings), poly
+    schedule ``lr·(1 − t/iterations)^0.9`` stepped per iteration, global-norm clipping at 10, 40k
+    iterations of batch 2 per process (2 GPUs in the paper), evaluation and checkpoint every 2k.
+    ``loss_weights`` overrides the per-task λ_t of ``train/losses.py``; ``edge_w`` null = the dataset's
+    (PASCAL 0.95, NYUD 0.88; 0.925 for PASCAL ViT-L).
+    """
+
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda
+    iterations: int = 40000
+    batch_size: int = 2  # per process
+    val_batch_size: int = 6
+    workers: int = 2  # data-loader processes per training process
+    lr: float = 2.0e-5
+    weight_decay: float = 1.0e-6
+    decay_norms_and_biases: bool = True  # the official single parameter group
+    poly_power: float = 0.9
+    grad_clip: float = 10.0  # 0 = off
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    edge_w: float | None = None
+    eval_every: int = 2000  # 0 = only at the end
+    checkpoint_every: int = 2000  # 0 = only at the end (and after each evaluation)
+    log_every: int = 20
+    eval_split: str = "val"
+    edge_workers: int = 2  # processes matching boundaries at evaluation
+    amp: str = "none"  # none | bf16 | fp16 (fp16 adds a GradScaler)
+    channels_last: bool = False
+    sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs, as the official code
+    find_unused_parameters: bool = False  # DDP; set true for models that skip parameters in forward
+
+    def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise unknown("amp mode", self.amp, AMP_MODES, where=" in train.amp")
+        if self.device not in DEVICES:
+            raise unknown("device", self.device, DEVICES, where=" in train.device")
+        for key in ("iterations", "batch_size", "val_batch_size", "log_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+
+
 @dataclass(frozen=True)
 class ProfileParams:
-    """A profile (DESIGN §6): which datasets it uses and on what device."""
+    """A profile (DESIGN §6): which datasets it uses, on what device, and its training defaults."""
 
     datasets: tuple[str, ...]
     device: str = "cpu"
     description: str = ""
+    train: TrainParams = field(default_factory=TrainParams)
+
+
+EXPERIMENT_NAME = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class ExperimentParams:
+    """One experiment (DESIGN §3): a registered model preset, its overrides, the data and the schedule.
+
+    ``model`` is a preset name (``densemoe.models.list_models()``); ``model_args`` override the preset
+    (``pretrained: true`` for the paper's ImageNet weights); ``tasks`` null = all tasks of ``dataset``;
+    ``train`` overrides keys of the profile's ``train`` defaults; ``profile`` null = the profile whose
+    datasets include ``dataset`` (its training defaults and data folder apply).
+    """
+
+    model: str
+    dataset: str
+    tasks: tuple[str, ...] | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +153,7 @@ class Params:
     profile: str = "smoke"
     data: DataParams = field(default_factory=DataParams)
     profiles: dict[str, ProfileParams] = field(default_factory=dict)
+    experiments: dict[str, ExperimentParams] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from densemoe.tasks import DATASETS
@@ -94,10 +166,58 @@ class Params:
         for name in names:
             if name not in DATASETS:
                 raise unknown("dataset", name, DATASETS, where=" in params.yaml")
+        for name in self.experiments:
+            self._check_experiment(name)
+
+    def _check_experiment(self, name: str) -> None:
+        from densemoe.tasks import DATASETS, tasks_for
+
+        where = f"params.experiments.{name}"
+        if not EXPERIMENT_NAME.fullmatch(name):
+            raise ConfigError(f"experiment name '{name}' may only use a-z, 0-9 and _ (DVC stage names)")
+        exp = self.experiments[name]
+        if exp.dataset not in DATASETS:
+            raise unknown("dataset", exp.dataset, DATASETS, where=f" in {where}.dataset")
+        tasks_for(exp.dataset, exp.tasks)
+        if exp.profile is not None and exp.profile not in self.profiles:
+            raise unknown("profile", exp.profile, self.profiles, where=f" in {where}.profile")
+        self.experiment_profile(name)
+        from_dict(TrainParams, exp.train, f"{where}.train")  # keys and types
 
     @property
     def active(self) -> ProfileParams:
         return self.profiles[self.profile]
+
+    def experiment(self, name: str) -> ExperimentParams:
+        """The experiment ``name``; a one-line error listing the valid names otherwise."""
+        if name not in self.experiments:
+            raise unknown("experiment", name, self.experiments, where=" in params.yaml experiments")
+        return self.experiments[name]
+
+    def dataset_profile(self, dataset: str) -> str | None:
+        """The profile whose data folder holds ``dataset``: the active one if it lists it, else the first."""
+        if not self.profiles or dataset in self.active.datasets:
+            return self.profile
+        return next((p for p, spec in self.profiles.items() if dataset in spec.datasets), None)
+
+    def experiment_profile(self, name: str) -> str:
+        """The profile an experiment runs under: its own, or the first whose datasets include its dataset."""
+        exp = self.experiment(name)
+        if exp.profile is not None:
+            return exp.profile
+        profile = self.dataset_profile(exp.dataset)
+        if profile is None:
+            raise ConfigError(
+                f"experiment '{name}': dataset '{exp.dataset}' is in no profile's datasets; set its profile"
+            )
+        return profile
+
+    def train_params(self, name: str) -> TrainParams:
+        """The profile's training defaults with the experiment's ``train`` overrides applied."""
+        exp = self.experiment(name)
+        profile = self.profiles.get(self.experiment_profile(name))
+        base = dataclasses.asdict(profile.train) if profile is not None else {}
+        return from_dict(TrainParams, {**base, **exp.train}, f"params.experiments.{name}.train")
 
 
 def _type_name(tp: Any) -> str:

@@ -110,3 +110,13 @@ def test_bad_input_at_run_time_and_load():
 def test_deprecated_alias_warns():
     with pytest.warns(FutureWarning, match="renamed 'mlore_vits16_pascal'"), torch.device("meta"):
         create_model("mlore_vits_pascal")
+
+
+def test_channels_last_gives_the_same_outputs():
+    model = create_model("mlore", **TINY_MLORE).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    for task in ref:
+        torch.testing.assert_close(out[task], ref[task], rtol=1e-5, atol=1e-6)

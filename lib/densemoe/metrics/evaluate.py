@@ -288,7 +288,17 @@ def evaluate_predictions(pred_dir: str | Path, dataset: str, split: str, root: s
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    """Evaluate saved predictions and write the metrics JSON (the ``evaluate`` stage)."""
+    """Evaluate saved predictions (or a checkpoint) and write the metrics JSON (the ``evaluate`` stage)."""
+    if getattr(args, "checkpoint", None) or getattr(args, "experiment", None):
+        if args.predictions is not None:
+            raise ConfigError("pass either --predictions or --checkpoint/--experiment, not both")
+        from densemoe.train.commands import cmd_evaluate_checkpoint
+
+        cmd_evaluate_checkpoint(args)
+        return
+    missing = [f"--{k}" for k in ("predictions", "dataset", "out") if getattr(args, k) is None]
+    if missing:
+        raise ConfigError(f"densemoe evaluate needs {', '.join(missing)} (or --checkpoint/--experiment)")
     root = args.root
     if root is None:
         from densemoe.config import data_root, load_params
@@ -312,14 +322,16 @@ def add_evaluate_parser(subparsers,
     parents = list(parents)
     parser = subparsers.add_parser(
         "evaluate", parents=parents,
-        help="evaluate saved predictions on a split and write one metrics JSON",
-        description="Evaluate saved predictions (one <id>.npz per sample, see densemoe.metrics.evaluate) "
+        help="evaluate saved predictions or a checkpoint on a split and write one metrics JSON",
+        description="Evaluate saved predictions (one <id>.npz per sample, see densemoe.metrics.evaluate), "
+                    "or a checkpoint (--checkpoint CKPT, or --experiment NAME for runs/NAME/checkpoint.pt), "
                     "with the papers' protocol, including SEISM-style boundary odsF, and write one flat "
-                    "metrics JSON. Evaluating a checkpoint directly (--checkpoint) comes with the trainer.")
+                    "metrics JSON.")
     given = {s for p in parents for a in p._actions for s in a.option_strings}
-    parser.add_argument("--predictions", required=True, metavar="DIR", help="folder of <sample id>.npz files")
-    parser.add_argument("--dataset", required=True, metavar="NAME",
-                        help="synth-pascal, synth-nyud, pascal-context or nyud-v2")
+    parser.add_argument("--predictions", default=None, metavar="DIR", help="folder of <sample id>.npz files")
+    parser.add_argument("--dataset", default=None, metavar="NAME",
+                        help="synth-pascal, synth-nyud, pascal-context or nyud-v2 "
+                             "(a checkpoint knows its own)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     if "--root" not in given:
         parser.add_argument("--root", default=None, metavar="DATA",
@@ -328,11 +340,19 @@ def add_evaluate_parser(subparsers,
         parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                         help="tasks to evaluate (default: all tasks of the dataset)")
-    parser.add_argument("--out", required=True, metavar="PATH", help="metrics JSON to write (atomically)")
+    parser.add_argument("--out", default=None, metavar="PATH",
+                        help="metrics JSON to write, atomically "
+                             "(checkpoints: default <run>/metrics_<split>.json)")
     parser.add_argument("--edge-ids", default=None, metavar="FILE",
                         help="ids for the boundary evaluation, one per line (SEISM's test_new for PASCAL)")
     parser.add_argument("--workers", type=int, default=2, help="processes matching boundaries (default 2)")
     parser.add_argument("--sal-double-sigmoid", action="store_true",
                         help="saliency maxF with the official double-sigmoid quirk (as published numbers)")
+    if "--params" not in given:
+        parser.add_argument("--params", default=None,
+                            help="params file (default: the repository's params.yaml)")
+    from densemoe.train.commands import add_checkpoint_arguments
+
+    add_checkpoint_arguments(parser)
     parser.set_defaults(func=cmd_evaluate)
     return parser

@@ -174,7 +174,7 @@ class MLoReBlock(nn.Module):
         if self.routers is None:
             return None, None
         B, _, h, w = x_t.shape
-        logits, noise, gate = self.routers(x_t.view(B, self.tasks, -1, h, w))
+        logits, noise, gate = self.routers(x_t.reshape(B, self.tasks, -1, h, w))
         g = None
         if self.cfg.experts:
             noise = noise if (self.training and self.cfg.noisy_gating) else None
@@ -190,14 +190,14 @@ class MLoReBlock(nn.Module):
         f_g = f_lre = f_se = 0
         if self.generic is not None:
             x_in = x_t.detach() if self.cfg.stop_generic_grad else x_t
-            f_g = self.generic(x_in.reshape(B * T, C, h, w)).view(B, T * C, h, w)
+            f_g = self.generic(x_in.reshape(B * T, C, h, w)).reshape(B, T * C, h, w)
         if self.shared_experts is not None:
             e = self.shared_experts(x_t.reshape(B * T, C, h, w), g.view(B * T, -1))  # (B*T, C, h, w)
-            f_lre = self.expert_norm(e.view(B, T * C, h, w))
+            f_lre = self.expert_norm(e.reshape(B, T * C, h, w))
         if self.task_experts is not None:
             f_se = self.task_experts(x_t)
             if gate is not None:
-                f_se = (f_se.view(B, T, C, h, w) * gate.view(B, T, 1, 1, 1)).view(B, T * C, h, w)
+                f_se = (f_se.reshape(B, T, C, h, w) * gate.view(B, T, 1, 1, 1)).reshape(B, T * C, h, w)
         s = f_g + f_lre + f_se  # Eq. (2): S^t = f_g(X^t) + f_sr^t(f_lre(X^t)) + f_se^t(X^t)
         if self.cfg.nonlinear == "code":
             s = self.task_out(F.gelu(self.out_norm(s)))  # spec §1.7

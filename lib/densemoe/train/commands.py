@@ -1,0 +1,139 @@
+"""``densemoe train --experiment NAME`` and ``densemoe evaluate --experiment NAME / --checkpoint CKPT``.
+
+One process: ``densemoe train --experiment mlore_tiny_synth_pascal``. Several GPUs, the same command
+under torchrun: ``torchrun --nproc_per_node=2 -m densemoe.cli train --experiment mlore_vitb16_pascal``.
+Re-running a command resumes from ``runs/<name>/checkpoint.pt``; ``--restart`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from densemoe.errors import ConfigError
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False) and not os.environ.get("CI")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train (or resume) one experiment of ``params.yaml``."""
+    from densemoe.config import load_params
+    from densemoe.train.experiment import resolve_experiment
+    from densemoe.train.trainer import train
+
+    params = load_params(args.params)
+    exp = resolve_experiment(params, args.experiment, runs=args.runs, root=args.root)
+    metrics = train(exp, progress=_progress(args), restart=args.restart)
+    if int(os.environ.get("RANK", "0")) == 0:
+        for key, value in metrics.items():
+            print(f"{key:<22s} {value:.4f}")
+        print(f"wrote {exp.run_dir}")
+
+
+def add_train_parser(subparsers, parents: Iterable[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
+    """Register ``densemoe train`` (``parents`` supply ``--params``, ``--root`` and ``-q``)."""
+    parser = subparsers.add_parser(
+        "train", parents=list(parents), help="train (or resume) an experiment of params.yaml",
+        description="Train an experiment of params.yaml with the papers' recipe into runs/<name>/ "
+                    "(config.yaml, checkpoint.pt, history.csv, metrics.json, evals/, routing/). Re-running "
+                    "resumes from the last checkpoint. Several GPUs: the same command under "
+                    "`torchrun --nproc_per_node=N -m densemoe.cli train ...`.")
+    parser.add_argument("--experiment", required=True, metavar="NAME",
+                        help="a key of experiments in params.yaml")
+    parser.add_argument("--runs", default=None, metavar="DIR",
+                        help="folder of run folders (default: <repo>/runs)")
+    parser.add_argument("--restart", action="store_true", help="discard the run folder's checkpoint and logs")
+    parser.set_defaults(func=cmd_train)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint evaluation
+
+
+def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str = "test",
+                        dataset: str | None = None, tasks: list[str] | None = None,
+                        out: str | Path | None = None, batch_size: int = 6,
+                        workers: int = 0, device: str = "auto", amp: str = "none", edge_workers: int = 2,
+                        progress: bool = False, save_dir: str | Path | None = None,
+                        crop: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Rebuild a checkpoint's model (strictly), evaluate it on ``split`` and write ``out`` (flat JSON).
+
+    ``dataset``, ``tasks`` and ``crop`` default to what the checkpoint was trained on.
+    """
+    from densemoe.metrics.evaluate import write_metrics
+    from densemoe.tasks import tasks_for
+    from densemoe.train.checkpoint import build_model, load_checkpoint
+    from densemoe.train.distributed import DistInfo, pick_device
+    from densemoe.train.evaluation import evaluate
+    from densemoe.train.experiment import eval_loader
+
+    ckpt = load_checkpoint(checkpoint)
+    config = ckpt.get("meta", {}).get("config", {})
+    args = ckpt["model_args"]
+    dataset = dataset or config.get("dataset") or args.get("dataset")
+    if dataset is None:
+        raise ConfigError(f"checkpoint {checkpoint} does not name its dataset; pass --dataset")
+    crop = tuple(crop or config.get("crop") or args.get("img_size"))
+    specs = tasks_for(dataset, tasks or args.get("tasks"))
+    dev = pick_device(device)
+    model = build_model(ckpt).to(dev)
+    loader = eval_loader(dataset, Path(root), split, list(specs), crop, batch_size, workers)
+    metrics, _ = evaluate(model, loader, specs, dataset, DistInfo(device=dev), amp,
+                          edge_workers=edge_workers, progress=progress, save_dir=save_dir)
+    if out is not None:
+        write_metrics(out, metrics)
+    return metrics
+
+
+def cmd_evaluate_checkpoint(args: argparse.Namespace) -> None:
+    """``densemoe evaluate --experiment NAME`` (its run's checkpoint) or ``--checkpoint CKPT``."""
+    from densemoe.config import data_root, load_params
+
+    params = load_params(args.params)
+    checkpoint, root, dataset, out = args.checkpoint, args.root, args.dataset, args.out
+    if args.experiment is not None:
+        from densemoe.train.experiment import resolve_experiment
+
+        exp = resolve_experiment(params, args.experiment, runs=args.runs, root=root)
+        checkpoint = checkpoint or exp.run_dir / "checkpoint.pt"
+        root, dataset = exp.data_root, dataset or exp.dataset
+        out = out or exp.run_dir / f"metrics_{args.split}.json"
+    else:
+        from densemoe.train.checkpoint import load_checkpoint
+
+        config = load_checkpoint(checkpoint).get("meta", {}).get("config", {})
+        if root is None:
+            root = data_root(params, profile=config.get("profile"))
+        if out is None:
+            out = Path(checkpoint).parent / f"metrics_{args.split}.json"
+    metrics = evaluate_checkpoint(
+        checkpoint, root, args.split, dataset, args.tasks, out, batch_size=args.batch_size,
+        workers=args.loader_workers, device=args.device, edge_workers=args.workers, progress=_progress(args),
+        save_dir=args.save_predictions)
+    for key, value in metrics.items():
+        print(f"{key:<22s} {value:.4f}")
+    print(f"wrote {out}")
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``densemoe evaluate`` gains for evaluating a checkpoint."""
+    parser.add_argument("--experiment", default=None, metavar="NAME",
+                        help="evaluate the checkpoint of runs/NAME (dataset and data from params.yaml)")
+    parser.add_argument("--checkpoint", default=None, metavar="CKPT",
+                        help="evaluate this checkpoint (rebuilt from its preset and args, loaded strictly)")
+    parser.add_argument("--runs", default=None, metavar="DIR",
+                        help="folder of run folders (default: <repo>/runs)")
+    parser.add_argument("--save-predictions", default=None, metavar="DIR",
+                        help="with a checkpoint: also write <id>.npz predictions (saved-prediction format)")
+    parser.add_argument("--batch-size", type=int, default=6,
+                        help="with a checkpoint: images per batch (default 6)")
+    parser.add_argument("--loader-workers", type=int, default=0,
+                        help="with a checkpoint: data-loader processes (default 0)")
+    parser.add_argument("--device", default="auto",
+                        help="with a checkpoint: auto, cpu or cuda (default auto)")
