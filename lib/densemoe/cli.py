@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     from densemoe.metrics.evaluate import add_evaluate_parser
 
     add_evaluate_parser(sub, parents=[common])
+
+    from densemoe.models.official import add_convert_parser
+
+    add_convert_parser(sub)
     from densemoe.train.commands import add_train_parser
 
     add_train_parser(sub, parents=[common])

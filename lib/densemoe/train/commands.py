@@ -56,33 +56,54 @@ def add_train_parser(subparsers, parents: Iterable[argparse.ArgumentParser] = ()
 # Checkpoint evaluation
 
 
+def open_checkpoint(path: str | Path, preset: str | None = None,
+                    overrides: dict | None = None) -> tuple[Any, dict, dict]:
+    """(model, training config, model args) of a densemoe checkpoint, or of an official MLoRE
+    ``checkpoint.pth.tar`` recognised by its key layout and converted strictly (``models/official.py``)."""
+    from densemoe.errors import DataError
+    from densemoe.train.checkpoint import build_model, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(path)
+    except DataError as exc:
+        from densemoe.models.official import is_official_mlore, load_official_model, read_official_checkpoint
+
+        try:
+            official = is_official_mlore(read_official_checkpoint(path))
+        except DataError:
+            official = False
+        if not official:
+            raise exc from None
+        model = load_official_model(path, preset, **(overrides or {}))
+        return model, {}, dict(model.model_args)
+    return build_model(ckpt), ckpt.get("meta", {}).get("config", {}), ckpt["model_args"]
+
+
 def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str = "test",
                         dataset: str | None = None, tasks: list[str] | None = None,
                         out: str | Path | None = None, batch_size: int = 6,
                         workers: int = 0, device: str = "auto", amp: str = "none", edge_workers: int = 2,
                         progress: bool = False, save_dir: str | Path | None = None,
-                        crop: tuple[int, int] | None = None) -> dict[str, Any]:
+                        crop: tuple[int, int] | None = None, preset: str | None = None) -> dict[str, Any]:
     """Rebuild a checkpoint's model (strictly), evaluate it on ``split`` and write ``out`` (flat JSON).
 
-    ``dataset``, ``tasks`` and ``crop`` default to what the checkpoint was trained on.
+    ``dataset``, ``tasks`` and ``crop`` default to what the checkpoint was trained on. An official MLoRE
+    ``checkpoint.pth.tar`` is accepted too (recognised by its key layout; ``preset`` names its release).
     """
     from densemoe.metrics.evaluate import write_metrics
     from densemoe.tasks import tasks_for
-    from densemoe.train.checkpoint import build_model, load_checkpoint
     from densemoe.train.distributed import DistInfo, pick_device
     from densemoe.train.evaluation import evaluate
     from densemoe.train.experiment import eval_loader
 
-    ckpt = load_checkpoint(checkpoint)
-    config = ckpt.get("meta", {}).get("config", {})
-    args = ckpt["model_args"]
+    model, config, args = open_checkpoint(checkpoint, preset)
     dataset = dataset or config.get("dataset") or args.get("dataset")
     if dataset is None:
         raise ConfigError(f"checkpoint {checkpoint} does not name its dataset; pass --dataset")
     crop = tuple(crop or config.get("crop") or args.get("img_size"))
     specs = tasks_for(dataset, tasks or args.get("tasks"))
     dev = pick_device(device)
-    model = build_model(ckpt).to(dev)
+    model = model.to(dev)
     loader = eval_loader(dataset, Path(root), split, list(specs), crop, batch_size, workers)
     metrics, _ = evaluate(model, loader, specs, dataset, DistInfo(device=dev), amp,
                           edge_workers=edge_workers, progress=progress, save_dir=save_dir)
@@ -105,17 +126,16 @@ def cmd_evaluate_checkpoint(args: argparse.Namespace) -> None:
         root, dataset = exp.data_root, dataset or exp.dataset
         out = out or exp.run_dir / f"metrics_{args.split}.json"
     else:
-        from densemoe.train.checkpoint import load_checkpoint
-
-        config = load_checkpoint(checkpoint).get("meta", {}).get("config", {})
+        _, config, model_args = open_checkpoint(checkpoint, args.preset)
         if root is None:
-            root = data_root(params, profile=config.get("profile"))
+            profile = config.get("profile") or params.dataset_profile(dataset or model_args.get("dataset"))
+            root = data_root(params, profile=profile)
         if out is None:
             out = Path(checkpoint).parent / f"metrics_{args.split}.json"
     metrics = evaluate_checkpoint(
         checkpoint, root, args.split, dataset, args.tasks, out, batch_size=args.batch_size,
         workers=args.loader_workers, device=args.device, edge_workers=args.workers, progress=_progress(args),
-        save_dir=args.save_predictions)
+        save_dir=args.save_predictions, preset=args.preset)
     for key, value in metrics.items():
         print(f"{key:<22s} {value:.4f}")
     print(f"wrote {out}")
@@ -126,7 +146,11 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", default=None, metavar="NAME",
                         help="evaluate the checkpoint of runs/NAME (dataset and data from params.yaml)")
     parser.add_argument("--checkpoint", default=None, metavar="CKPT",
-                        help="evaluate this checkpoint (rebuilt from its preset and args, loaded strictly)")
+                        help="evaluate this checkpoint (rebuilt from its preset and args, loaded strictly); "
+                             "an official MLoRE checkpoint.pth.tar is recognised and converted")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="with an official MLoRE checkpoint: the preset it was trained as, e.g. "
+                             "mlore_vitl16_pascal")
     parser.add_argument("--runs", default=None, metavar="DIR",
                         help="folder of run folders (default: <repo>/runs)")
     parser.add_argument("--save-predictions", default=None, metavar="DIR",
