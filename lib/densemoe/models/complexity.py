@@ -335,6 +335,17 @@ def render_all(out_dir: str | Path = "reports/complexity", rows: list[dict] | No
         name = table.lower().replace(" ", "")
         paths += write_table(df, out_dir, name, f"{table}: FLOPs and parameters, paper vs densemoe", notes)
         sections.append((f"{table}: FLOPs and parameters", df, notes))
+    from densemoe.models.fgmoe_complexity import decoder_rows
+
+    fg = pd.DataFrame(decoder_rows())
+    fg_notes = [
+        unit,
+        "FGMoE (no public code) is our inferred architecture (README, FGMoE section); it fine-tunes only its "
+        "decoder, MLoRE everything. gflops_active counts only the routed experts an input selects.",
+    ]
+    fg_title = "FGMoE vs MLoRE: trainable and total parameters, FLOPs"
+    paths += write_table(fg, out_dir, "fgmoe_vs_mlore", fg_title, fg_notes)
+    sections.append((fg_title, fg, fg_notes))
     text = [
         f"# Parameters and FLOPs: paper vs densemoe\n\nRendered by `python -m densemoe.models.complexity` "
         f"on {date}. Δ % = (ours − paper) / paper. Per-table CSV and LaTeX files sit beside this one."
