@@ -47,6 +47,7 @@ from densemoe.models.backbone import DROP_PATH_RATE, create_backbone
 from densemoe.models.fgmoe_decoder import OFFSETS, DeformableMixers, FeatureAggregator, build_bottleneck_heads
 from densemoe.models.fgmoe_moe import DISPATCH, LOAD_BALANCE, GlobalMoE, TaskMoE, balance_terms
 from densemoe.models.mlore import resolve_tasks
+from densemoe.models.strict import StrictLoading
 from densemoe.tasks import dataset_info
 
 FINETUNE = ("decoder", "full")
@@ -157,7 +158,7 @@ class FGMoEDecoder(nn.Module):
         return out | ({"global": self.global_moe} if self.global_moe is not None else {})
 
 
-class FGMoE(nn.Module):
+class FGMoE(StrictLoading):
     """Backbone (frozen by default) → :class:`FGMoEDecoder` → per-task heads; ``{task: (B, K_t, H, W)}``.
 
     Args: ``tasks`` (names, TaskSpecs or None = all of ``dataset``), ``dataset``, ``backbone`` (timm name),
@@ -268,15 +269,3 @@ class FGMoE(nn.Module):
             for key, moe in self.decoder.routers().items()
             if moe.last_gates is not None
         }
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Strict by default; a missing or unexpected key is a one-line :class:`ConfigError` listing them."""
-        if strict:
-            missing = sorted(set(self.state_dict()) - set(state_dict))
-            unexpected = sorted(set(state_dict) - set(self.state_dict()))
-            if missing or unexpected:
-                raise ConfigError(
-                    f"checkpoint does not match the FGMoE model: missing keys {missing[:20]}, "
-                    f"unexpected keys {unexpected[:20]}"
-                )
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)

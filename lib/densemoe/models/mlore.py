@@ -26,6 +26,7 @@ from densemoe.models.backbone import DROP_PATH_RATE, create_backbone
 from densemoe.models.heads import ScaleFusion, build_heads
 from densemoe.models.mlore_block import MLoReBlock, MLoReConfig, TaskNonLinear
 from densemoe.models.routing import cv_squared
+from densemoe.models.strict import StrictLoading
 from densemoe.tasks import TaskSpec, dataset_info, tasks_for
 
 DECODERS = ("mlore", "baseline")
@@ -78,7 +79,7 @@ def resolve_tasks(tasks, dataset: str) -> dict[str, TaskSpec]:
     return tasks_for(dataset, tasks)
 
 
-class MLoRE(nn.Module):
+class MLoRE(StrictLoading):
     """Backbone → decoder → per-task heads; ``forward(image)`` gives ``{task: (B, K_t, H, W)}``.
 
     Args: ``tasks`` (names, TaskSpecs or None = all of ``dataset``), ``dataset`` (sets classes and the
@@ -191,16 +192,3 @@ class MLoRE(nn.Module):
         from densemoe.models.reparam import reparameterize
 
         return reparameterize(self)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        """Strict by default; a missing or unexpected key is a one-line :class:`ConfigError` listing them."""
-        if strict:
-            own, given = set(self.state_dict()), set(state_dict)
-            missing, unexpected = sorted(own - given), sorted(given - own)
-            if missing or unexpected:
-                raise ConfigError(
-                    f"checkpoint does not match the model: missing keys {missing[:20]}"
-                    f"{' …' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
-                    f"{' …' if len(unexpected) > 20 else ''}"
-                )
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)

@@ -134,12 +134,11 @@ def build_model(ckpt: dict[str, Any] | str | Path, map_location: str | torch.dev
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Strict ``load_state_dict`` whose mismatch is one line listing the keys (for any model class)."""
+    from densemoe.models.strict import key_mismatch
+
     model = unwrap(model)
-    own, given = set(model.state_dict()), set(state)
-    missing, unexpected = sorted(own - given), sorted(given - own)
-    if missing or unexpected:
-        raise ConfigError(f"checkpoint does not match the model: missing keys {missing[:20]}, "
-                          f"unexpected keys {unexpected[:20]}")
+    if (error := key_mismatch(model.state_dict(), state)) is not None:
+        raise error
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # shape mismatches
