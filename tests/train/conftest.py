@@ -1,26 +1,15 @@
-"""Shared fixtures of the trainer tests: a tiny SynthScenes copy (32×32), tiny params, one thread."""
+"""Shared fixtures of the trainer tests: a tiny SynthScenes copy (32×32), one thread."""
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from train_helpers import SIZE
 
-from densemoe.config import Params, from_dict
 from densemoe.data.synthetic import SYNTH_PRESETS, write_synth_dataset
-
-ROOT = Path(__file__).resolve().parents[2]
-SIZE = 32
-#: Overrides that shrink any MLoRE-family preset (as tests/models/model_helpers.py): 2×2 tokens, C = 16.
-TINY = dict(backbone_args=dict(depth=4, embed_dim=32, num_heads=2), channels=16)
-TINY_MLORE = dict(TINY, ranks=[2, 3, 4, 5, 6, 8], top_k=4, task_rank=4)
-#: A recipe of a few iterations (eval/checkpoint cadence set per test).
-TRAIN = dict(device="cpu", iterations=6, batch_size=4, val_batch_size=8, workers=0, lr=1.0e-3,
-             eval_every=0, checkpoint_every=0, log_every=2, edge_workers=1)
 
 
 @pytest.fixture(autouse=True, scope="package")
@@ -39,26 +28,3 @@ def synth_root(tmp_path_factory) -> Path:
         write_synth_dataset(root / "smoke", name, cfg, {"train": 16, "val": 8, "test": 4}, seed=0,
                             progress=False)
     return root
-
-
-def params_dict(synth_root: Path, experiments: dict | None = None, **train) -> dict:
-    """The repository's params.yaml, shrunk: data under ``synth_root/smoke``, 32×32, tiny experiments."""
-    data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["data"]["root"] = str(synth_root)
-    for spec in data["data"]["synth"].values():
-        spec.update(height=SIZE, width=SIZE)
-    data["profiles"]["smoke"]["train"].update({**TRAIN, **train})
-    data["experiments"] = experiments or {
-        "tiny_pascal": {"model": "mlore_tiny_synth", "dataset": "synth-pascal", "model_args": TINY_MLORE},
-        "tiny_nyud": {"model": "mlore_tiny_synth", "dataset": "synth-nyud", "model_args": TINY_MLORE},
-    }
-    return copy.deepcopy(data)
-
-
-def make_params(synth_root: Path, experiments: dict | None = None, **train) -> Params:
-    return from_dict(Params, params_dict(synth_root, experiments, **train))
-
-
-def write_params(path: Path, synth_root: Path, experiments: dict | None = None, **train) -> Path:
-    path.write_text(yaml.safe_dump(params_dict(synth_root, experiments, **train)))
-    return path

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MLORE
+from train_helpers import TINY_MLORE
 
 from densemoe.errors import ConfigError, DataError
 from densemoe.models import create_model

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, params_dict, write_params
+from train_helpers import ROOT, params_dict, write_params
 
 from densemoe.cli import main
 from densemoe.config import Params, from_dict, load_params

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_params
+from train_helpers import write_params
 
 from densemoe.train import load_checkpoint
 from densemoe.train.commands import evaluate_checkpoint

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import TINY, TINY_MLORE, make_params
+from train_helpers import TINY, TINY_MLORE, make_params
 
 from densemoe.models import MLoRE, is_model
 from densemoe.models.registry import _MODELS

@@ -21,13 +21,13 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from densemoe.atomic import atomic_write
 from densemoe.errors import ConfigError, DataError
 from densemoe.metrics import Metric, all_reduce_
 from densemoe.metrics.boundary import BoundaryMetric
@@ -164,18 +164,6 @@ def prediction_arrays(outputs: Mapping[str, torch.Tensor],
     return out
 
 
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_predictions(pred_dir: str | Path, outputs: Mapping[str, torch.Tensor], names: Iterable[str],
                      sizes: Iterable[tuple[int, int]] | None = None) -> None:
     """Write outputs ``{task: (B, C, H, W)}`` as ``<pred_dir>/<name>.npz``, centre-cropped to ``sizes``."""
@@ -183,7 +171,7 @@ def save_predictions(pred_dir: str | Path, outputs: Mapping[str, torch.Tensor], 
     sizes = [None] * len(names) if sizes is None else [tuple(int(v) for v in s) for s in sizes]
     for b, (name, size) in enumerate(zip(names, sizes, strict=True)):
         arrays = prediction_arrays({t: x[b] for t, x in outputs.items()}, size)
-        _write_atomic(Path(pred_dir) / f"{name}.npz", lambda f, a=arrays: np.savez_compressed(f, **a))
+        atomic_write(Path(pred_dir) / f"{name}.npz", lambda f, a=arrays: np.savez_compressed(f, **a))
 
 
 def load_prediction(pred_dir: Path, sample_id: str, tasks: Iterable[str]) -> dict[str, np.ndarray]:
@@ -227,7 +215,7 @@ def _read_ids(edge_ids: str | Path | Iterable[str] | None) -> set[str] | None:
 def write_metrics(path: str | Path, metrics: Mapping[str, float]) -> None:
     """Write a flat metrics JSON atomically (temp file + ``os.replace``)."""
     text = json.dumps({k: float(v) for k, v in metrics.items()}, indent=2, sort_keys=True) + "\n"
-    _write_atomic(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def evaluate_predictions(pred_dir: str | Path, dataset: str, split: str, root: str | Path,

@@ -40,13 +40,13 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from densemoe.atomic import atomic_write
 from densemoe.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -357,17 +357,7 @@ def convert_official_checkpoint(
         "model": converted,
         "meta": {"source": "official MLoRE checkpoint", "official_file": os.fspath(path)},
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_write(out, lambda f: torch.save(ckpt, f))
 
 
 EXAMPLE_ARGS = """'{"channels": 384}'"""

@@ -13,9 +13,7 @@ one-line error that lists them. Writes are atomic (temporary file in the same fo
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from densemoe.atomic import atomic_write
 from densemoe.errors import ConfigError, DataError
 
 FORMAT = 1
@@ -90,19 +89,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer=None, sched
         "iteration": int(iteration),
         "meta": meta or {},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f), fsync=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

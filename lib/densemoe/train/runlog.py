@@ -22,11 +22,12 @@ from typing import Any
 
 import yaml
 
-from densemoe.metrics.evaluate import _write_atomic, write_metrics
+from densemoe.atomic import atomic_write
+from densemoe.metrics.evaluate import write_metrics
 
 
 def write_text(path: Path, text: str) -> None:
-    _write_atomic(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 class RunLog:
