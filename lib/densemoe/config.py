@@ -148,12 +148,41 @@ class ExperimentParams:
 
 
 @dataclass(frozen=True)
+class TableRow:
+    """One row of a paper table: its label in the paper, our experiment, the paper's published numbers
+    (flat ``<task>/<metric>`` keys, ``mtl/delta_m``; transcribed, never computed from)."""
+
+    label: str
+    experiment: str
+    paper: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TableParams:
+    """A paper table reproduced by the pipeline (``tables.<id>``, DESIGN §3): rows of experiments, the
+    single-task baseline experiment of each task for Δm, and where the paper's numbers come from.
+
+    ``profile`` is the profile whose ``dvc repro`` renders it; ``source`` cites the paper's table and its
+    setting (on SynthScenes our numbers are synthetic-data numbers beside real-data ones: ``note`` says so).
+    """
+
+    title: str
+    source: str
+    profile: str
+    rows: tuple[TableRow, ...]
+    single_task: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 0
     profile: str = "smoke"
     data: DataParams = field(default_factory=DataParams)
     profiles: dict[str, ProfileParams] = field(default_factory=dict)
     experiments: dict[str, ExperimentParams] = field(default_factory=dict)
+    tables: dict[str, TableParams] = field(default_factory=dict)
+    pipeline: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         from densemoe.tasks import DATASETS
@@ -168,6 +197,50 @@ class Params:
                 raise unknown("dataset", name, DATASETS, where=" in params.yaml")
         for name in self.experiments:
             self._check_experiment(name)
+        for name in self.tables:
+            self._check_table(name)
+        self._check_pipeline()
+
+    def _check_table(self, name: str) -> None:
+        from densemoe.tasks import TASKS
+
+        table, where = self.tables[name], f" in params.tables.{name}"
+        if table.profile not in self.profiles:
+            raise unknown("profile", table.profile, self.profiles, where=f"{where}.profile")
+        for row in table.rows:
+            if row.experiment not in self.experiments:
+                raise unknown("experiment", row.experiment, self.experiments,
+                              where=f"{where} row '{row.label}'")
+        for task, exp in table.single_task.items():
+            if task not in TASKS:
+                raise unknown("task", task, TASKS, where=f"{where}.single_task")
+            if exp not in self.experiments:
+                raise unknown("experiment", exp, self.experiments, where=f"{where}.single_task.{task}")
+
+    def table_experiments(self, profile: str | None = None) -> list[str]:
+        """Experiments (rows, then single-task baselines) of the tables of ``profile`` (default: active)."""
+        names: list[str] = []
+        for table in self.tables.values():
+            if table.profile == (profile or self.profile):
+                names += [row.experiment for row in table.rows] + list(table.single_task.values())
+        return list(dict.fromkeys(names))
+
+    def _check_pipeline(self) -> None:
+        """``pipeline`` (what ``dvc repro`` trains) covers the active profile's tables and runs under it."""
+        for name in self.pipeline:
+            self.experiment(name)
+            if self.profiles and self.experiment_profile(name) != self.profile:
+                raise ConfigError(
+                    f"params.yaml pipeline lists '{name}' of profile '{self.experiment_profile(name)}', "
+                    f"but profile is '{self.profile}'; "
+                    f"set pipeline to the experiments of profile '{self.profile}'"
+                )
+        missing = [n for n in self.table_experiments() if n not in self.pipeline]
+        if missing:
+            raise ConfigError(
+                f"params.yaml pipeline lacks {', '.join(missing)}, needed by the tables of profile "
+                f"'{self.profile}'; add them to pipeline"
+            )
 
     def _check_experiment(self, name: str) -> None:
         from densemoe.tasks import DATASETS, tasks_for

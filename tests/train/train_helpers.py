@@ -30,6 +30,8 @@ def params_dict(synth_root: Path, experiments: dict | None = None, **train) -> d
         "tiny_pascal": {"model": "mlore_tiny_synth", "dataset": "synth-pascal", "model_args": TINY_MLORE},
         "tiny_nyud": {"model": "mlore_tiny_synth", "dataset": "synth-nyud", "model_args": TINY_MLORE},
     }
+    data.pop("tables", None)  # the repository's tables and pipeline name experiments replaced above
+    data.pop("pipeline", None)
     return copy.deepcopy(data)
 
 
