@@ -15,6 +15,7 @@ Modules: :mod:`.segmentation` (mIoU), :mod:`.saliency` (maxF, mIoU), :mod:`.norm
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from densemoe.errors import ConfigError
 
 
-class Metric:
+class Metric(ABC):
     """Base of the streaming metrics: named outputs, summable state, merge and reset.
 
     Subclasses set ``task`` and ``available`` (every metric name they can report), fill
@@ -48,19 +49,21 @@ class Metric:
         self.state: dict[str, torch.Tensor] = {}
         self.reset()
 
+    @abstractmethod
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        raise NotImplementedError
+        """Add one batch to the state."""
 
     def compute(self) -> dict[str, float]:
         values = self._values()
         return {f"{self.task}/{n}": float(values[n]) for n in self.names}
 
+    @abstractmethod
     def _values(self) -> dict[str, float]:
         """Every available metric from the current state (before picking ``names``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def reset(self) -> None:
-        raise NotImplementedError
+        """Empty the state."""
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """The sums this metric is computed from (CPU tensors); summing them across meters merges."""
