@@ -1,4 +1,4 @@
-"""Every model test starts from the same seed and runs single-threaded (tiny ops; 2 shared cores)."""
+"""Every model test starts from the same seed (single-threaded: tests/conftest.py)."""
 
 import pytest
 import torch
@@ -7,11 +7,3 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
-
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Shared fixtures of the trainer tests: a tiny SynthScenes copy (32×32), one thread."""
+"""Shared fixture of the trainer tests: a tiny SynthScenes copy (32×32)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 from train_helpers import SIZE
 
 from densemoe.data.synthetic import SYNTH_PRESETS, write_synth_dataset
-
-
-@pytest.fixture(autouse=True, scope="package")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
