@@ -330,11 +330,16 @@ def require_preset(sd: Mapping[str, torch.Tensor], preset: str | None) -> str:
     raise ConfigError(f"--preset is required: the preset the checkpoint was trained as ({hint})")
 
 
-def load_official_model(path: str | os.PathLike, preset: str | None, **overrides) -> nn.Module:
-    """Our model (``create_model(preset, **overrides)``) with an official checkpoint's weights, strictly."""
+def load_official_model(path: str | os.PathLike, preset: str | None, state_dict: Mapping | None = None,
+                        **overrides) -> nn.Module:
+    """Our model (``create_model(preset, **overrides)``) with an official checkpoint's weights, strictly.
+
+    ``state_dict``: the file's content when the caller has already read it with
+    :func:`read_official_checkpoint`.
+    """
     from densemoe.models import create_model
 
-    sd = read_official_checkpoint(path)
+    sd = read_official_checkpoint(path) if state_dict is None else state_dict
     preset = require_preset(sd, preset)
     model = create_model(preset, **{**overrides, "pretrained": False})
     model.load_state_dict(convert_mlore_state_dict(sd, model), strict=True)

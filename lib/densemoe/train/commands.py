@@ -69,12 +69,12 @@ def open_checkpoint(path: str | Path, preset: str | None = None,
         from densemoe.models.official import is_official_mlore, load_official_model, read_official_checkpoint
 
         try:
-            official = is_official_mlore(read_official_checkpoint(path))
+            sd = read_official_checkpoint(path)
         except DataError:
-            official = False
-        if not official:
+            sd = None
+        if sd is None or not is_official_mlore(sd):
             raise exc from None
-        model = load_official_model(path, preset, **(overrides or {}))
+        model = load_official_model(path, preset, state_dict=sd, **(overrides or {}))
         return model, {}, dict(model.model_args)
     return build_model(ckpt), ckpt.get("meta", {}).get("config", {}), ckpt["model_args"]
 
@@ -84,11 +84,13 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str = "
                         out: str | Path | None = None, batch_size: int = 6,
                         workers: int = 0, device: str = "auto", amp: str = "none", edge_workers: int = 2,
                         progress: bool = False, save_dir: str | Path | None = None,
-                        crop: tuple[int, int] | None = None, preset: str | None = None) -> dict[str, Any]:
+                        crop: tuple[int, int] | None = None, preset: str | None = None,
+                        opened: tuple[Any, dict, dict] | None = None) -> dict[str, Any]:
     """Rebuild a checkpoint's model (strictly), evaluate it on ``split`` and write ``out`` (flat JSON).
 
     ``dataset``, ``tasks`` and ``crop`` default to what the checkpoint was trained on. An official MLoRE
     ``checkpoint.pth.tar`` is accepted too (recognised by its key layout; ``preset`` names its release).
+    ``opened`` is :func:`open_checkpoint`'s result when the caller has already read the file.
     """
     from densemoe.metrics.evaluate import write_metrics
     from densemoe.tasks import tasks_for
@@ -96,7 +98,7 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str = "
     from densemoe.train.evaluation import evaluate
     from densemoe.train.experiment import eval_loader
 
-    model, config, args = open_checkpoint(checkpoint, preset)
+    model, config, args = opened or open_checkpoint(checkpoint, preset)
     dataset = dataset or config.get("dataset") or args.get("dataset")
     if dataset is None:
         raise ConfigError(f"checkpoint {checkpoint} does not name its dataset; pass --dataset")
@@ -125,8 +127,9 @@ def cmd_evaluate_checkpoint(args: argparse.Namespace) -> None:
         checkpoint = checkpoint or exp.run_dir / "checkpoint.pt"
         root, dataset = exp.data_root, dataset or exp.dataset
         out = out or exp.run_dir / f"metrics_{args.split}.json"
-    else:
-        _, config, model_args = open_checkpoint(checkpoint, args.preset)
+    opened = open_checkpoint(checkpoint, args.preset)  # read once, for the defaults and the evaluation
+    if args.experiment is None:
+        _, config, model_args = opened
         if root is None:
             profile = config.get("profile") or params.dataset_profile(dataset or model_args.get("dataset"))
             root = data_root(params, profile=profile)
@@ -135,7 +138,7 @@ def cmd_evaluate_checkpoint(args: argparse.Namespace) -> None:
     metrics = evaluate_checkpoint(
         checkpoint, root, args.split, dataset, args.tasks, out, batch_size=args.batch_size,
         workers=args.loader_workers, device=args.device, edge_workers=args.workers, progress=_progress(args),
-        save_dir=args.save_predictions, preset=args.preset)
+        save_dir=args.save_predictions, preset=args.preset, opened=opened)
     for key, value in metrics.items():
         print(f"{key:<22s} {value:.4f}")
     print(f"wrote {out}")
