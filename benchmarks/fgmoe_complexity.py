@@ -1,7 +1,7 @@
 """Trainable vs total parameters and FLOPs of the FGMoE presets, next to MLoRE's, as a dated benchmark file.
 
 The counting lives in :mod:`densemoe.models.fgmoe_complexity` (which says how FLOPs are counted); the same
-table is part of ``reports/complexity`` (``python -m densemoe.models.complexity``).
+table is part of ``reports/efficiency`` (``python -m densemoe.models.complexity``).
 
 Usage: ``python benchmarks/fgmoe_complexity.py [OUT_DIR]``; writes ``fgmoe_complexity_<date>.md`` there
 (default ``benchmarks/results``) and prints it.

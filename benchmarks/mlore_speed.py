@@ -5,6 +5,9 @@
    the shape of the official code); whole model and the 8 MLoRE modules alone.
 2. Inference (eval, no grad): the plain modules against the re-parameterised ones (Eq. 3–7).
 
+The timing helpers (``timed``, ``blocks_only``, ``fused_features``) are ``densemoe.analysis.efficiency``'s,
+which notebook 06 uses for its inference rows.
+
 Usage: ``python benchmarks/mlore_speed.py [--preset mlore_tiny_synth] [--batch 8] [--device cpu]``.
 Writes ``benchmarks/results/mlore_speed_<date>.md`` (``--out`` to change) and prints the same table.
 """
@@ -14,9 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,22 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mlore_reference import reference_blocks
 
+from densemoe.analysis.efficiency import blocks_only, fused_features, timed
 from densemoe.models import create_model
-
-
-def timed(fn, device: str, warmup: int = 1, repeats: int = 5) -> float:
-    """Median seconds of ``fn()`` after ``warmup`` calls."""
-    times = []
-    for i in range(warmup + repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def train_step(model, image):
@@ -49,22 +36,6 @@ def train_step(model, image):
         (sum(o.float().mean() for o in out.values()) + sum(model.aux_losses().values())).backward()
 
     return step
-
-
-def blocks_only(model, feats, train: bool):
-    """The 8 MLoRE modules alone, on fixed fused features (B, C, h, w) per scale."""
-    blocks = [list(s) for s in model.decoder.scales]
-
-    def run():
-        total = 0
-        for scale, x in zip(blocks, feats, strict=True):
-            for block in scale:
-                x = block(x)
-            total = total + x.float().mean()
-        if train:
-            total.backward()
-
-    return run
 
 
 def main(argv=None) -> None:
@@ -80,11 +51,7 @@ def main(argv=None) -> None:
     model = create_model(args.preset).to(args.device)
     H, W = model.img_size
     image = torch.randn(args.batch, 3, H, W, device=args.device)
-    with torch.no_grad():
-        feats = [
-            f.detach()
-            for f in (fz(t) for fz, t in zip(model.decoder.fuse, model.backbone(image), strict=True))
-        ]
+    feats = fused_features(model, image)
     reference = copy.deepcopy(model)
     rows = []
 

@@ -68,3 +68,13 @@ def test_missing_params_file_and_bad_yaml(tmp_path):
     bad.write_text("seed: [1\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         load_params(bad)
+
+
+def test_unknown_name_among_many_lists_the_closest_few():
+    from densemoe.errors import MAX_LISTED, unknown
+
+    names = [f"mlore_tiny_synth_pascal_top{k}" for k in range(30)]
+    message = str(unknown("experiment", "mlore_tiny_synth_pascal_tpo3", names))
+    assert "did you mean 'mlore_tiny_synth_pascal_top3'?" in message
+    assert "(closest of 30: " in message and message.count("mlore_tiny") == MAX_LISTED + 2  # name, hint, list
+    assert "(valid: a, b)" in str(unknown("x", "c", ["b", "a"]))

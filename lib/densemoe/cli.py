@@ -143,12 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     from densemoe.train.commands import add_train_parser
 
     add_train_parser(sub, parents=[common])
+    from densemoe.pipeline import add_repro_parser
+
+    add_repro_parser(sub, parents=[common])
+    from densemoe.analysis.report_index import add_index_parser
+
+    add_index_parser(sub, parents=[common])
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for a re-launch under torchrun
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         args.func(args)

@@ -105,13 +105,14 @@ class TrainParams:
     channels_last: bool = False
     sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs, as the official code
     find_unused_parameters: bool = False  # DDP; set true for models that skip parameters in forward
+    nproc_per_node: int = 1  # processes (GPUs) per run: > 1 re-launches `densemoe train` under torchrun
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise unknown("amp mode", self.amp, AMP_MODES, where=" in train.amp")
         if self.device not in DEVICES:
             raise unknown("device", self.device, DEVICES, where=" in train.device")
-        for key in ("iterations", "batch_size", "val_batch_size", "log_every"):
+        for key in ("iterations", "batch_size", "val_batch_size", "log_every", "nproc_per_node"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
 
@@ -124,6 +125,12 @@ class ProfileParams:
     device: str = "cpu"
     description: str = ""
     train: TrainParams = field(default_factory=TrainParams)
+    #: A caveat printed under every table and in reports/README.md (the smoke profile: synthetic numbers).
+    note: str = ""
+    #: Values of the ``{variables}`` in the tables' experiment names (``{pascal}`` → ``tiny_synth_pascal``).
+    names: dict[str, str] = field(default_factory=dict)
+    #: Experiments that also get the per-run notebooks (02 training report, 05 expert usage).
+    reports: tuple[str, ...] = ()
 
 
 EXPERIMENT_NAME = re.compile(r"[a-z0-9_]+")
@@ -157,21 +164,47 @@ class TableRow:
     paper: dict[str, float] = field(default_factory=dict)
 
 
+TEMPLATE_FIELD = re.compile(r"{(\w+)}")
+
+
 @dataclass(frozen=True)
 class TableParams:
     """A paper table reproduced by the pipeline (``tables.<id>``, DESIGN §3): rows of experiments, the
     single-task baseline experiment of each task for Δm, and where the paper's numbers come from.
 
-    ``profile`` is the profile whose ``dvc repro`` renders it; ``source`` cites the paper's table and its
-    setting (on SynthScenes our numbers are synthetic-data numbers beside real-data ones: ``note`` says so).
+    Experiment names may hold ``{variables}`` filled from the profile's ``names``
+    (``mlore_{pascal}_rank_min`` → ``mlore_tiny_synth_pascal_rank_min`` in the smoke profile,
+    ``mlore_vitb16_pascal_rank_min`` in the paper one): one table serves every profile that defines its
+    variables. ``metrics`` lists the columns when the paper publishes no numbers (FGMoE's ablations);
+    otherwise the columns are the paper's keys.
     """
 
     title: str
     source: str
-    profile: str
     rows: tuple[TableRow, ...]
     single_task: dict[str, str] = field(default_factory=dict)
+    metrics: tuple[str, ...] = ()
     note: str = ""
+
+    def variables(self) -> set[str]:
+        names = [row.experiment for row in self.rows] + list(self.single_task.values())
+        return {v for name in names for v in TEMPLATE_FIELD.findall(name)}
+
+    def resolve(self, names: dict[str, str]) -> TableParams:
+        """The table with its experiment names filled from ``names`` (a profile's ``names``)."""
+        rows = tuple(dataclasses.replace(r, experiment=r.experiment.format_map(names)) for r in self.rows)
+        single = {t: e.format_map(names) for t, e in self.single_task.items()}
+        return dataclasses.replace(self, rows=rows, single_task=single)
+
+
+@dataclass(frozen=True)
+class PipelineParams:
+    """What ``dvc repro`` runs for the active profile (``dvc.yaml`` iterates these lists; DVC cannot index
+    ``profiles`` by ``${profile}``): ``train`` every experiment of the profile's tables, ``reports`` those
+    that also get the per-run notebooks. ``densemoe repro --profile NAME`` writes both from the profile."""
+
+    train: tuple[str, ...] = ()
+    reports: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -182,7 +215,7 @@ class Params:
     profiles: dict[str, ProfileParams] = field(default_factory=dict)
     experiments: dict[str, ExperimentParams] = field(default_factory=dict)
     tables: dict[str, TableParams] = field(default_factory=dict)
-    pipeline: tuple[str, ...] = ()
+    pipeline: PipelineParams = field(default_factory=PipelineParams)
 
     def __post_init__(self) -> None:
         from densemoe.tasks import DATASETS
@@ -197,49 +230,77 @@ class Params:
                 raise unknown("dataset", name, DATASETS, where=" in params.yaml")
         for name in self.experiments:
             self._check_experiment(name)
-        for name in self.tables:
-            self._check_table(name)
-        self._check_pipeline()
+        for profile, spec in self.profiles.items():
+            self.tables_of(profile)  # every name a profile fills in must be an experiment
+            for name in spec.reports:
+                self.experiment(name)
 
-    def _check_table(self, name: str) -> None:
+    def table(self, table_id: str, profile: str | None = None) -> TableParams:
+        """``tables.<table_id>`` with the names of ``profile`` (default: active) filled in; a one-line
+        error if the table is unknown, or names a variable or an experiment the profile lacks."""
+        if table_id not in self.tables:
+            raise unknown("table", table_id, self.tables, where=" in params.yaml tables")
+        profile = profile or self.profile
+        if profile not in self.profiles:
+            raise unknown("profile", profile, self.profiles, where=" in params.yaml profiles")
+        table, where = self.tables[table_id], f" in params.tables.{table_id}"
+        missing = sorted(table.variables() - set(self.profiles[profile].names))
+        if missing:
+            raise ConfigError(f"table '{table_id}' needs {', '.join(f'{{{m}}}' for m in missing)}, which "
+                              f"profile '{profile}' does not define; add it to profiles.{profile}.names")
+        resolved = table.resolve(self.profiles[profile].names)
         from densemoe.tasks import TASKS
 
-        table, where = self.tables[name], f" in params.tables.{name}"
-        if table.profile not in self.profiles:
-            raise unknown("profile", table.profile, self.profiles, where=f"{where}.profile")
-        for row in table.rows:
+        for row in resolved.rows:
             if row.experiment not in self.experiments:
                 raise unknown("experiment", row.experiment, self.experiments,
-                              where=f"{where} row '{row.label}'")
-        for task, exp in table.single_task.items():
+                              where=f"{where} row '{row.label}' (profile {profile})")
+        for task, exp in resolved.single_task.items():
             if task not in TASKS:
                 raise unknown("task", task, TASKS, where=f"{where}.single_task")
             if exp not in self.experiments:
-                raise unknown("experiment", exp, self.experiments, where=f"{where}.single_task.{task}")
+                raise unknown("experiment", exp, self.experiments,
+                              where=f"{where}.single_task.{task} (profile {profile})")
+        return resolved
+
+    def tables_of(self, profile: str | None = None) -> dict[str, TableParams]:
+        """Every table with the names of ``profile`` (default: active) filled in (each profile renders every
+        table, so a misspelt variable is an error rather than a table that silently goes missing)."""
+        return {tid: self.table(tid, profile) for tid in self.tables}
 
     def table_experiments(self, profile: str | None = None) -> list[str]:
         """Experiments (rows, then single-task baselines) of the tables of ``profile`` (default: active)."""
         names: list[str] = []
-        for table in self.tables.values():
-            if table.profile == (profile or self.profile):
-                names += [row.experiment for row in table.rows] + list(table.single_task.values())
+        for table in self.tables_of(profile).values():
+            names += [row.experiment for row in table.rows] + list(table.single_task.values())
         return list(dict.fromkeys(names))
 
-    def _check_pipeline(self) -> None:
-        """``pipeline`` (what ``dvc repro`` trains) covers the active profile's tables and runs under it."""
-        for name in self.pipeline:
+    def pipeline_for(self, profile: str) -> PipelineParams:
+        """What ``pipeline`` must hold to run ``profile``: its tables' experiments and its report runs."""
+        if profile not in self.profiles:
+            raise unknown("profile", profile, self.profiles, where=" in params.yaml profiles")
+        reports = self.profiles[profile].reports
+        return PipelineParams(tuple(dict.fromkeys([*self.table_experiments(profile), *reports])), reports)
+
+    def check_pipeline(self) -> None:
+        """``pipeline`` (what ``dvc repro`` runs) covers the active profile's tables and runs under it
+        (:func:`load_params` checks it; ``densemoe repro`` loads without the check to rewrite it)."""
+        fix = f"run `densemoe repro --profile {self.profile}`, which sets pipeline for it"
+        for name in (*self.pipeline.train, *self.pipeline.reports):
             self.experiment(name)
             if self.profiles and self.experiment_profile(name) != self.profile:
                 raise ConfigError(
                     f"params.yaml pipeline lists '{name}' of profile '{self.experiment_profile(name)}', "
-                    f"but profile is '{self.profile}'; "
-                    f"set pipeline to the experiments of profile '{self.profile}'"
+                    f"but profile is '{self.profile}'; {fix}"
                 )
-        missing = [n for n in self.table_experiments() if n not in self.pipeline]
+        missing = [n for n in self.table_experiments() if n not in self.pipeline.train]
+        missing += [n for n in self.pipeline.reports if n not in self.pipeline.train]
+        missing = list(dict.fromkeys(missing))
         if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise ConfigError(
-                f"params.yaml pipeline lacks {', '.join(missing)}, needed by the tables of profile "
-                f"'{self.profile}'; add them to pipeline"
+                f"params.yaml pipeline.train lacks {', '.join(missing[:3])}{more}, needed by the tables or "
+                f"reports of profile '{self.profile}'; {fix}"
             )
 
     def _check_experiment(self, name: str) -> None:
@@ -355,8 +416,9 @@ def find_root(start: str | Path | None = None) -> Path:
     raise ConfigError(f"no params.yaml found in {here} or above; run from the densemoe repository")
 
 
-def load_params(path: str | Path | None = None) -> Params:
-    """Read and validate ``params.yaml`` (default: the repository's)."""
+def load_params(path: str | Path | None = None, check_pipeline: bool = True) -> Params:
+    """Read and validate ``params.yaml`` (default: the repository's); ``check_pipeline`` also checks
+    that ``pipeline`` suits the active profile (:meth:`Params.check_pipeline`)."""
     path = Path(path) if path is not None else find_root() / "params.yaml"
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist; pass --params PATH or run from the repository")
@@ -364,7 +426,10 @@ def load_params(path: str | Path | None = None) -> Params:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return from_dict(Params, data)
+    params = from_dict(Params, data)
+    if check_pipeline:
+        params.check_pipeline()
+    return params
 
 
 def data_root(params: Params, base: str | Path | None = None, profile: str | None = None) -> Path:

@@ -22,9 +22,17 @@ class DataError(DensemoeError, OSError):
     """A missing, corrupt or foreign dataset file or archive."""
 
 
+#: At most this many valid names are listed in an "unknown ..." message.
+MAX_LISTED = 12
+
+
 def unknown(kind: str, name: object, valid: Iterable[str], where: str = "") -> ConfigError:
     """``unknown <kind> '<name>'<where>; did you mean ...? valid: a, b, c``."""
     valid = sorted(str(v) for v in valid)
     close = difflib.get_close_matches(str(name), valid, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else ""
+    if len(valid) > MAX_LISTED:  # a long list (experiments, models) would bury the line: the nearest few
+        near = difflib.get_close_matches(str(name), valid, n=MAX_LISTED, cutoff=0.0)
+        listed = f"closest of {len(valid)}: {', '.join(near)}"
+        return ConfigError(f"unknown {kind} '{name}'{where}{hint} ({listed})")
     return ConfigError(f"unknown {kind} '{name}'{where}{hint} (valid: {', '.join(valid)})")

@@ -47,7 +47,22 @@ def test_tasks_per_expert_counts_tasks_over_threshold(tmp_path):
     shares = expert_usage.tasks_per_expert(data, threshold=0.5)
     assert shares.set_index("tasks")["share %"].round(2).to_dict() == {0: 33.33, 1: 33.33, 2: 33.33}
     assert expert_usage.is_routed(data) and not expert_usage.is_routed({**data, "blocks": {}})
-    assert len(expert_usage.activation_heatmaps(data).axes) == 1
+    fig = expert_usage.activation_heatmaps(data)
+    assert len(fig.axes) == 2  # the heatmap and its colour bar
+    assert fig.axes[1].get_ylabel() == "share of images selecting the expert"
+
+
+def test_fig4b_comparison_across_runs():
+    def routing(selected):
+        return {"tasks": ["semseg", "edge"], "blocks": {"b1": {"selected": selected}}}
+
+    without = routing([[1.0, 0.0], [0.0, 1.0]])  # no expert shared by both tasks
+    with_gc = routing([[1.0, 1.0], [1.0, 0.0]])  # expert 0 shared by both
+    shares = expert_usage.compare_tasks_per_expert({"LoRE": without, "+GC": with_gc})
+    table = shares.pivot(index="run", columns="tasks", values="share %")
+    assert table.loc["LoRE"].tolist() == [0.0, 100.0, 0.0] and table.loc["+GC"].tolist() == [0.0, 50.0, 50.0]
+    fig = expert_usage.compare_figure(shares)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["LoRE", "+GC"]
 
 
 def test_routing_entropy_uniform_and_peaked():

@@ -18,17 +18,23 @@ def run(capsys, *argv):
 
 
 def test_train_then_evaluate_by_experiment_and_by_checkpoint(synth_root, tmp_path, capsys):
-    params = write_params(tmp_path / "params.yaml", synth_root, iterations=2)
+    params = write_params(tmp_path / "params.yaml", synth_root, iterations=2, eval_split="test")
     runs = tmp_path / "runs"
+    report = tmp_path / "reports" / "tiny_nyud"
     code, out, err = run(capsys, "train", "--experiment", "tiny_nyud", "--params", params, "--runs", runs,
-                         "-q")
+                         "-q", "--report", report)
     assert code == 0, err
     assert "depth/rmse" in out and f"wrote {runs / 'tiny_nyud'}" in out
+    assert sorted(p.name for p in report.iterdir()) == ["metrics_test.json", "routing.json"]  # split: test
+    routing = json.loads((report / "routing.json").read_text())
+    assert routing["iteration"] == 2 and routing["images"] == 4 and len(routing["blocks"]) == 8
     code, out, err = run(capsys, "evaluate", "--experiment", "tiny_nyud", "--params", params, "--runs", runs,
                          "--workers", "1", "-q")
     assert code == 0, err
     test_metrics = json.loads((runs / "tiny_nyud" / "metrics_test.json").read_text())
     assert {"semseg/miou", "depth/rmse", "normals/mean_err", "edge/odsf"} <= set(test_metrics)
+    # the training's final evaluation (the pipeline's report) is the test evaluation of its checkpoint
+    assert json.loads((report / "metrics_test.json").read_text()) == pytest.approx(test_metrics)
     out_json, preds = tmp_path / "m.json", tmp_path / "preds"
     code, _, err = run(capsys, "evaluate", "--checkpoint", runs / "tiny_nyud" / "checkpoint.pt",
                        "--params", params, "--split", "test", "--out", out_json, "--workers", "1",
@@ -79,3 +85,16 @@ def test_experiment_config_errors(synth_root, edit, message):
     edit(data)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
         from_dict(Params, yaml.safe_load(yaml.safe_dump(data)))
+
+
+def test_nproc_per_node_relaunches_the_same_command_under_torchrun():
+    import sys
+
+    from densemoe.train.commands import torchrun_command
+
+    argv = ["train", "--experiment", "mlore_vitl16_pascal", "-q", "--report", "reports/runs/x"]
+    assert torchrun_command(2, argv) == [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                         "--nproc_per_node=2", "-m", "densemoe.cli", *argv]
+    with pytest.raises(ConfigError, match="train.nproc_per_node must be at least 1"):
+        from densemoe.config import TrainParams
+        TrainParams(nproc_per_node=0)

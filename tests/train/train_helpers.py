@@ -16,7 +16,7 @@ TINY = dict(backbone_args=dict(depth=4, embed_dim=32, num_heads=2), channels=16)
 TINY_MLORE = dict(TINY, ranks=[2, 3, 4, 5, 6, 8], top_k=4, task_rank=4)
 #: A recipe of a few iterations (eval/checkpoint cadence set per test).
 TRAIN = dict(device="cpu", iterations=6, batch_size=4, val_batch_size=8, workers=0, lr=1.0e-3,
-             eval_every=0, checkpoint_every=0, log_every=2, edge_workers=1)
+             eval_every=0, checkpoint_every=0, log_every=2, edge_workers=1, eval_split="val")
 
 
 def params_dict(synth_root: Path, experiments: dict | None = None, **train) -> dict:
@@ -30,8 +30,10 @@ def params_dict(synth_root: Path, experiments: dict | None = None, **train) -> d
         "tiny_pascal": {"model": "mlore_tiny_synth", "dataset": "synth-pascal", "model_args": TINY_MLORE},
         "tiny_nyud": {"model": "mlore_tiny_synth", "dataset": "synth-nyud", "model_args": TINY_MLORE},
     }
-    data.pop("tables", None)  # the repository's tables and pipeline name experiments replaced above
+    data.pop("tables", None)  # the repository's tables, pipeline and reports name experiments replaced above
     data.pop("pipeline", None)
+    for profile in data["profiles"].values():
+        profile.pop("reports", None)
     return copy.deepcopy(data)
 
 

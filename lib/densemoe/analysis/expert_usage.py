@@ -46,14 +46,15 @@ def is_routed(routing: dict) -> bool:
 
 
 def activation_heatmaps(routing: dict, key: str = "selected", title: str = "") -> Figure:
-    """Fig. 4(a): one task × expert heatmap per block of ``routing[blocks][b][key]``."""
+    """Fig. 4(a): one task × expert heatmap per block of ``routing[blocks][b][key]``; one colour bar."""
     blocks = routing["blocks"]
     cols = min(4, len(blocks))
     rows = math.ceil(len(blocks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 1.9 * rows), squeeze=False)
+    vmax = 1.0 if key == "selected" else max(float(np.max(s[key])) for s in blocks.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols + 0.8, 1.9 * rows), squeeze=False)
     for ax, (name, stats) in zip(axes.flat, blocks.items(), strict=False):
-        sns.heatmap(np.asarray(stats[key]), ax=ax, vmin=0, vmax=1 if key == "selected" else None,
-                    cmap="viridis", cbar=False, yticklabels=routing["tasks"], xticklabels=5)
+        sns.heatmap(np.asarray(stats[key]), ax=ax, vmin=0, vmax=vmax, cmap="viridis", cbar=False,
+                    yticklabels=routing["tasks"], xticklabels=5)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("expert", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -61,7 +62,11 @@ def activation_heatmaps(routing: dict, key: str = "selected", title: str = "") -
         ax.axis("off")
     what = "share of images selecting the expert" if key == "selected" else "mean routing weight"
     fig.suptitle(title or f"task × expert activation ({what}), iteration {routing['iteration']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.93, 1))
+    bar = fig.add_axes((0.945, 0.15, 0.012, 0.7))
+    fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, vmax), "viridis"), cax=bar, label=what)
+    bar.yaxis.label.set_size(8)
+    bar.tick_params(labelsize=7)
     return fig
 
 
@@ -96,5 +101,26 @@ def tasks_per_expert_figure(shares: pd.DataFrame, title: str = "") -> Figure:
     sns.barplot(mean, x="tasks", y="share %", ax=ax, color="tab:blue")
     ax.set(xlabel="number of tasks activating the expert", ylabel="experts (%)",
            title=title or "experts by number of tasks (mean over blocks)")
+    fig.tight_layout()
+    return fig
+
+
+def compare_tasks_per_expert(routings: dict[str, dict], threshold: float = 0.5) -> pd.DataFrame:
+    """Fig. 4(b) across runs: ``{label: routing}`` → the share (%) of experts activated by k tasks, averaged
+    over each run's blocks (columns label, tasks, share %)."""
+    frames = []
+    for label, routing in routings.items():
+        mean = tasks_per_expert(routing, threshold).groupby("tasks", as_index=False)["share %"].mean()
+        frames.append(mean.assign(run=label))
+    return pd.concat(frames, ignore_index=True)[["run", "tasks", "share %"]]
+
+
+def compare_figure(shares: pd.DataFrame, title: str = "") -> Figure:
+    """Grouped bars of :func:`compare_tasks_per_expert`: one colour per run, one group per k tasks."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.0))
+    sns.barplot(shares, x="tasks", y="share %", hue="run", ax=ax)
+    ax.set(xlabel="number of tasks activating the expert", ylabel="experts (%, mean over blocks)",
+           title=title or "experts by number of tasks activating them")
+    ax.legend(fontsize=8, title=None)
     fig.tight_layout()
     return fig

@@ -3,7 +3,7 @@
 Used by ``densemoe.models.complexity`` (Tables 1, 2, 5, 7) and meant for the later ablation tables::
 
     df = ours_vs_paper(rows, {"FLOPs (G)": ("gflops", "paper_gflops")})
-    write_table(df, "reports/complexity", "table2", title="Table 2 …", notes=["…"])
+    write_table(df, "reports/efficiency", "table2", title="Table 2 …", notes=["…"])
 
 ``ours_vs_paper`` places, for every metric, the paper's value, ours and the relative difference in %
 ((ours − paper) / paper · 100, empty where the paper gives none) side by side. Markdown is written by hand

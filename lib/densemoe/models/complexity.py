@@ -35,7 +35,7 @@ parameters per expert, ≈ 0.44 M and 0.22 G per module). ``TABLE1_VARIANTS["str
 within 6.3 % on the MoE and up to 15.3 % low on MLoRE; ``"fit"`` adds a per-pixel 3×3 router C→N per task
 (9·T·C = 17.3 k per expert: a stand-in for that term, found by the search, not in paper or code) and
 comes within 2.4 % on all 12 MLoRE numbers (7 within the paper's rounding) and 3.5 % on the MoE.
-Test: ``test_table1_kernel_step_is_exact``; rendered: ``reports/complexity/table1.md``.
+Test: ``test_table1_kernel_step_is_exact``; rendered: ``reports/efficiency/table1.md``.
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ def table1_counts(variant: str = "structural") -> list[dict]:
     return out
 
 
-def render_all(out_dir: str | Path = "reports/complexity", rows: list[dict] | None = None) -> list[Path]:
+def render_all(out_dir: str | Path = "reports/efficiency", rows: list[dict] | None = None) -> list[Path]:
     """Measure Tables 2, 5, 7 (or use ``rows`` from :func:`measure`), count Table 1, and write each table
     as markdown, CSV and LaTeX, plus ``complexity.md`` (all four) and ``complexity.csv`` (measured columns).
     """
@@ -347,8 +347,9 @@ def render_all(out_dir: str | Path = "reports/complexity", rows: list[dict] | No
     paths += write_table(fg, out_dir, "fgmoe_vs_mlore", fg_title, fg_notes)
     sections.append((fg_title, fg, fg_notes))
     text = [
-        f"# Parameters and FLOPs: paper vs densemoe\n\nRendered by `python -m densemoe.models.complexity` "
-        f"on {date}. Δ % = (ours − paper) / paper. Per-table CSV and LaTeX files sit beside this one."
+        f"# Parameters and FLOPs: paper vs densemoe\n\nRendered by notebook 06 (stage `efficiency`) or "
+        f"`python -m densemoe.models.complexity` on {date}. Δ % = (ours − paper) / paper. Per-table CSV and "
+        "LaTeX files sit beside this one."
     ]
     text += [
         f"## {t}\n\n{markdown(df)}\n\n" + "\n".join(f"- {n}" for n in notes) for t, df, notes in sections
@@ -363,7 +364,7 @@ def main(argv=None) -> None:
     import sys
 
     argv = sys.argv[1:] if argv is None else argv
-    for path in render_all(argv[0] if argv else "reports/complexity"):
+    for path in render_all(argv[0] if argv else "reports/efficiency"):
         print(path)
 
 

@@ -28,11 +28,46 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     exp = resolve_experiment(params, args.experiment, runs=args.runs, root=args.root)
+    if exp.train.nproc_per_node > 1 and "LOCAL_RANK" not in os.environ:
+        import subprocess
+        import sys
+
+        command = torchrun_command(exp.train.nproc_per_node, getattr(args, "argv", sys.argv[1:]))
+        print("launching:", " ".join(command), flush=True)
+        raise SystemExit(subprocess.call(command))
     metrics = train(exp, progress=_progress(args), restart=args.restart)
     if int(os.environ.get("RANK", "0")) == 0:
         for key, value in metrics.items():
             print(f"{key:<22s} {value:.4f}")
         print(f"wrote {exp.run_dir}")
+        if args.report is not None:
+            for path in write_report(exp.run_dir, args.report, exp.train.eval_split, metrics):
+                print(f"wrote {path}")
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """The same ``densemoe`` command under torchrun with ``nproc`` processes on this machine
+    (``train.nproc_per_node``, so that ``dvc repro`` runs the paper profile on several GPUs)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "densemoe.cli", *argv]
+
+
+def write_report(run_dir: str | Path, report: str | Path, split: str, metrics: dict) -> list[Path]:
+    """Copy a finished run's final evaluation into ``report`` (committed by the pipeline, small):
+    ``metrics_<split>.json`` (flat metrics) and ``routing.json`` (its routing statistics)."""
+    from densemoe.atomic import atomic_write
+    from densemoe.metrics.evaluate import write_metrics
+
+    report = Path(report)
+    out = [report / f"metrics_{split}.json"]
+    write_metrics(out[0], metrics)
+    last = sorted((Path(run_dir) / "routing").glob("iter_*.json"))[-1:]
+    if last:  # unrouted models write empty ``blocks``
+        text = last[0].read_bytes()
+        out.append(atomic_write(report / "routing.json", lambda f: f.write(text)))
+    return out
 
 
 def add_train_parser(subparsers, parents: Iterable[argparse.ArgumentParser] = ()) -> argparse.ArgumentParser:
@@ -48,6 +83,9 @@ def add_train_parser(subparsers, parents: Iterable[argparse.ArgumentParser] = ()
     parser.add_argument("--runs", default=None, metavar="DIR",
                         help="folder of run folders (default: <repo>/runs)")
     parser.add_argument("--restart", action="store_true", help="discard the run folder's checkpoint and logs")
+    parser.add_argument("--report", default=None, metavar="DIR",
+                        help="also write the final evaluation to DIR/metrics_<eval_split>.json and its "
+                             "routing statistics to DIR/routing.json (the pipeline's reports/runs/<name>)")
     parser.set_defaults(func=cmd_train)
     return parser
 
