@@ -14,16 +14,18 @@ from densemoe.train.commands import evaluate_checkpoint
 
 
 def test_two_process_gloo_run_writes_once_and_merges_metrics(synth_root, tmp_path):
+    # train.nproc_per_node: 2 makes the plain command (the dvc stage's) re-launch itself under torchrun
     params = write_params(tmp_path / "params.yaml", synth_root, iterations=3, log_every=1, eval_every=2,
-                          val_batch_size=1)
-    runs = tmp_path / "runs"
+                          val_batch_size=1, nproc_per_node=2)
+    runs, report = tmp_path / "runs", tmp_path / "report"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "densemoe.cli", "train", "--experiment", "tiny_pascal", "--params", str(params),
-           "--runs", str(runs)]
+    cmd = [sys.executable, "-m", "densemoe.cli", "train", "--experiment", "tiny_pascal",
+           "--params", str(params), "--runs", str(runs), "--report", str(report)]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("wrote ") == 1  # rank 0 alone reports and writes
+    assert done.stdout.count("launching: ") == 1 and "--nproc_per_node=2" in done.stdout
+    assert done.stdout.count(f"wrote {runs / 'tiny_pascal'}") == 1  # rank 0 alone reports and writes
+    assert sorted(p.name for p in report.iterdir()) == ["metrics_val.json", "routing.json"]
     run = runs / "tiny_pascal"
     ckpt = load_checkpoint(run / "checkpoint.pt")
     assert ckpt["iteration"] == 3 and ckpt["meta"]["world_size"] == 2
