@@ -235,20 +235,26 @@ class Params:
             for name in spec.reports:
                 self.experiment(name)
 
+    def profile_params(self, profile: str | None = None) -> ProfileParams:
+        """``profiles.<profile>`` (default: the active one); else a one-line error naming the profiles."""
+        profile = profile or self.profile
+        if profile not in self.profiles:
+            raise unknown("profile", profile, self.profiles, where=" in params.yaml profiles")
+        return self.profiles[profile]
+
     def table(self, table_id: str, profile: str | None = None) -> TableParams:
         """``tables.<table_id>`` with the names of ``profile`` (default: active) filled in; a one-line
         error if the table is unknown, or names a variable or an experiment the profile lacks."""
         if table_id not in self.tables:
             raise unknown("table", table_id, self.tables, where=" in params.yaml tables")
         profile = profile or self.profile
-        if profile not in self.profiles:
-            raise unknown("profile", profile, self.profiles, where=" in params.yaml profiles")
+        names = self.profile_params(profile).names
         table, where = self.tables[table_id], f" in params.tables.{table_id}"
-        missing = sorted(table.variables() - set(self.profiles[profile].names))
+        missing = sorted(table.variables() - set(names))
         if missing:
             raise ConfigError(f"table '{table_id}' needs {', '.join(f'{{{m}}}' for m in missing)}, which "
                               f"profile '{profile}' does not define; add it to profiles.{profile}.names")
-        resolved = table.resolve(self.profiles[profile].names)
+        resolved = table.resolve(names)
         from densemoe.tasks import TASKS
 
         for row in resolved.rows:
@@ -277,9 +283,7 @@ class Params:
 
     def pipeline_for(self, profile: str) -> PipelineParams:
         """What ``pipeline`` must hold to run ``profile``: its tables' experiments and its report runs."""
-        if profile not in self.profiles:
-            raise unknown("profile", profile, self.profiles, where=" in params.yaml profiles")
-        reports = self.profiles[profile].reports
+        reports = self.profile_params(profile).reports
         return PipelineParams(tuple(dict.fromkeys([*self.table_experiments(profile), *reports])), reports)
 
     def check_pipeline(self) -> None:

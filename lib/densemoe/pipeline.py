@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from densemoe.atomic import atomic_write
-from densemoe.config import PipelineParams, find_root, load_params
+from densemoe.config import Params, PipelineParams, find_root, from_dict, load_params
 from densemoe.errors import ConfigError
 
 HEADER = """# What `dvc repro` runs for the active profile, written by `densemoe repro --profile NAME` from
@@ -36,53 +36,39 @@ def pipeline_text(pipeline: PipelineParams) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _section(text: str, key: str) -> tuple[int, int] | None:
-    """(start, end) of the top-level ``key:`` section of a YAML text, its leading comments included."""
-    m = re.search(rf"^{key}:.*$", text, flags=re.M)
-    if m is None:
-        return None
-    start = m.start()
-    while True:  # take the comment lines right above it along
-        prev = text.rfind("\n", 0, max(start - 1, 0))
-        line = text[prev + 1 : start - 1] if start > 0 else ""
-        if start > 0 and line.startswith("#"):
-            start = prev + 1
-        else:
-            break
-    nxt = re.search(r"^(?=[A-Za-z_])", text[m.end() :], flags=re.M)
-    end = m.end() + nxt.start() if nxt else len(text)
-    return start, end
+#: The top-level ``pipeline:`` section with the comment lines right above it, up to the next top-level key.
+PIPELINE_SECTION = re.compile(r"^(?:#[^\n]*\n)*pipeline:.*?(?=^[A-Za-z_]|\Z)", flags=re.M | re.S)
 
 
-def switch_profile(path: str | Path, profile: str) -> tuple[str, str]:
-    """Rewrite ``profile`` and ``pipeline`` of the params file ``path`` for ``profile``; (old, new) text."""
+def switch_profile(path: str | Path, profile: str) -> tuple[Params, bool]:
+    """Rewrite ``profile`` and ``pipeline`` of the params file ``path`` for ``profile``; the new parameters
+    and whether the file changed. The new text is checked in full before it replaces the file."""
     path = Path(path)
     old = path.read_text()
-    params = load_params(path, check_pipeline=False)
-    pipeline = params.pipeline_for(profile)  # one-line error for an unknown profile
+    pipeline = load_params(path, check_pipeline=False).pipeline_for(profile)  # unknown profile: one line
     if not pipeline.train:
         raise ConfigError(f"profile '{profile}' has no table rows; add rows to params.yaml tables")
     text, n = re.subn(r"^profile:[^\n#]*", f"profile: {profile}            ", old, count=1, flags=re.M)
     if n == 0:
         text = f"profile: {profile}\n" + text
-    span = _section(text, "pipeline")
     block = pipeline_text(pipeline)
-    text = (text[: span[0]] + block + text[span[1] :]) if span else text.rstrip("\n") + "\n\n" + block
-    data = yaml.safe_load(text)
-    if data.get("profile") != profile or tuple(data["pipeline"]["train"]) != pipeline.train:
+    text, n = PIPELINE_SECTION.subn(lambda _: block, text, count=1)
+    if n == 0:
+        text = text.rstrip("\n") + "\n\n" + block
+    params = from_dict(Params, yaml.safe_load(text))
+    if params.profile != profile or params.pipeline != pipeline:
         raise ConfigError(f"could not rewrite {path}: edit its profile and pipeline by hand")
+    params.check_pipeline()
     if text != old:
         atomic_write(path, lambda f: f.write(text.encode()))
-    load_params(path)  # the rewritten file passes every check
-    return old, text
+    return params, text != old
 
 
 def cmd_repro(args: argparse.Namespace) -> None:
     path = Path(args.params) if args.params else find_root() / "params.yaml"
-    old, new = switch_profile(path, args.profile)
-    params = load_params(path)
+    params, changed = switch_profile(path, args.profile)
     print(f"params.yaml: profile {params.profile}, {len(params.pipeline.train)} experiments to train, "
-          f"{len(params.pipeline.reports)} with per-run reports" + ("" if old != new else " (unchanged)"))
+          f"{len(params.pipeline.reports)} with per-run reports" + ("" if changed else " (unchanged)"))
     if args.no_run:
         return
     dvc = shutil.which("dvc")

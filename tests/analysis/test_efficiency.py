@@ -3,6 +3,7 @@
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from model_helpers import randomize_bn
 
 from densemoe.analysis import efficiency
 from densemoe.analysis.data_summary import save
@@ -63,20 +64,10 @@ def test_fig3_right_curves_vitb():
     assert any("C = 640" in n for n in efficiency.experts_notes(frame))
 
 
-def _randomize_bn(model: torch.nn.Module) -> None:
-    torch.manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                m.running_mean.normal_(0, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.normal_(1, 0.2)
-                m.bias.normal_(0, 0.2)
-
-
 def test_reparameterised_outputs_equal_plain():
     model = create_model("mlore_tiny_synth", **TINY)
-    _randomize_bn(model)
+    torch.manual_seed(1)
+    randomize_bn(model)
     model.eval()
     image = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

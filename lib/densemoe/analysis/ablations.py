@@ -63,12 +63,17 @@ def single_task_metrics(table: TableParams, metrics_dir: str | Path) -> tuple[di
     return single, missing
 
 
-def _schedule(params: Params, table: TableParams, profile: str) -> str:
-    """One line saying how our rows were trained (from ``params.yaml``, so it cannot go stale)."""
-    names = [row.experiment for row in table.rows] + list(table.single_task.values())
+def schedule(params: Params, names: list[str]) -> str:
+    """How the experiments ``names`` were trained, from ``params.yaml`` (so it cannot go stale):
+    ``"50 iterations of batch 4, lr 0.001"``, several recipes joined by "; "."""
     recipes = {(t.iterations, t.batch_size, t.lr) for t in map(params.train_params, names)}
-    text = "; ".join(f"{it} iterations of batch {bs}, lr {lr:g}" for it, bs, lr in sorted(recipes))
-    return f"Our schedule (profile {profile}): {text}."
+    return "; ".join(f"{it} iterations of batch {bs}, lr {lr:g}" for it, bs, lr in sorted(recipes))
+
+
+def _schedule(params: Params, table: TableParams, profile: str) -> str:
+    """One line saying how our rows were trained."""
+    names = [row.experiment for row in table.rows] + list(table.single_task.values())
+    return f"Our schedule (profile {profile}): {schedule(params, names)}."
 
 
 def _ordering(df: pd.DataFrame, n_rows: int) -> list[str]:
@@ -114,7 +119,7 @@ def table_frame(params: Params, table_id: str, metrics_dir: str | Path,
         rows.append(rec)
     metrics = {k: (f"ours:{k}", f"paper:{k}") for k in keys}
     df = ours_vs_paper(rows, metrics, keep=("row", "experiment"), digits=dict.fromkeys(keys, 2))
-    caveat = params.profiles[profile].note if profile in params.profiles else ""
+    caveat = params.profile_params(profile).note
     notes = [f"Paper: {table.source}.", *(x for x in (table.note, caveat) if x)]
     notes.append(_schedule(params, table, profile))
     delta = (" Δm (mtl/delta_m) in %, against the single-task baselines of the last row (Vandenhende et al. "

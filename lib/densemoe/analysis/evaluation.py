@@ -23,11 +23,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from densemoe.analysis.ablations import read_run_metrics
+from densemoe.analysis.ablations import read_run_metrics, schedule
 from densemoe.analysis.data_summary import save
 from densemoe.analysis.tables import write_table
 from densemoe.config import Params, ProfileParams, find_root
-from densemoe.errors import ConfigError, unknown
+from densemoe.errors import ConfigError
 from densemoe.metrics.mtl_gain import delta_m, delta_m_terms
 from densemoe.tasks import TASKS, tasks_for
 
@@ -40,9 +40,7 @@ DIGITS = 2
 def get_profile(params: Params, profile: str | None = None) -> tuple[str, ProfileParams]:
     """The profile ``profile`` (default: the active one); a one-line error listing the profiles otherwise."""
     name = profile or params.profile
-    if name not in params.profiles:
-        raise unknown("profile", name, params.profiles, where=" (profiles in params.yaml)")
-    return name, params.profiles[name]
+    return name, params.profile_params(name)
 
 
 def profile_experiments(params: Params, profile: str) -> list[str]:
@@ -105,10 +103,8 @@ def _profile_notes(params: Params, profile: str, spec: ProfileParams, names: lis
     notes = _caveat(spec)
     described = f": {spec.description}" if spec.description else ""
     notes.append(f"Profile {profile}{described}. Metrics on the test split (`metrics_test.json`).")
-    recipes = {(t.iterations, t.batch_size, t.lr) for t in map(params.train_params, names)}
-    if recipes:
-        text = "; ".join(f"{it} iterations of batch {bs}, lr {lr:g}" for it, bs, lr in sorted(recipes))
-        notes.append(f"Schedule: {text}.")
+    if names:
+        notes.append(f"Schedule: {schedule(params, names)}.")
     return notes
 
 
