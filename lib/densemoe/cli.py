@@ -46,7 +46,9 @@ def _fetch(params: Params, name: str, root: Path, progress: bool, force: bool = 
         raise unknown("dataset archive", name, params.data.archives, where=" in params.yaml data.archives")
     a = params.data.archives[name]
     spec = ArchiveSpec(name=name, url=a.url, archive=a.archive, md5=a.md5, size=a.size)
-    out = fetch(spec, root, archive_dir=archive_dir(params), progress=progress, force=force)
+    dl = params.data.download
+    out = fetch(spec, root, archive_dir=archive_dir(params), progress=progress, force=force,
+                stall_timeout=dl.stall_timeout, min_rate=dl.min_rate, deadline=dl.deadline)
     print(f"{name}: ready in {out}")
     return out
 
@@ -140,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     from densemoe.models.official import add_convert_parser
 
     add_convert_parser(sub)
+    from densemoe.models.weights import add_weights_parser
+
+    add_weights_parser(sub)
     from densemoe.train.commands import add_train_parser
 
     add_train_parser(sub, parents=[common])
@@ -153,21 +158,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every failure ends in one line on stderr (:func:`report_failure`)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for a re-launch under torchrun
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
         args.func(args)
-    except DensemoeError as exc:
-        print(f"densemoe: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "densemoe: interrupted; nothing half-written was kept, re-run the same command", file=sys.stderr
-        )
-        return 130
+    except BaseException as exc:  # the one error path of the command line
+        if isinstance(exc, SystemExit):
+            raise
+        return report_failure(exc, verbose=args.verbose)
     return 0
+
+
+def report_failure(exc: BaseException, verbose: bool = False) -> int:
+    """Print the one line for ``exc`` and return the exit status.
+
+    - :class:`DensemoeError` (bad input, a held lock, disk full, a diverged run): its message; status 2, or
+      the error's own ``exit_code`` (130/143 for a run stopped by SIGINT/SIGTERM after saving).
+    - Ctrl-C outside training: status 130; what was being written was a temporary, and is gone.
+    - ``OSError`` (permissions, a read-only or full disk, a path that is a file): the path and the reason; 2.
+    - anything else is a bug of ours: one line naming it and ``-v`` for the traceback; status 1.
+    """
+    if isinstance(exc, DensemoeError):
+        if verbose and exc.worker_traceback:
+            print(exc.worker_traceback, file=sys.stderr)
+        print(f"densemoe: error: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    if isinstance(exc, KeyboardInterrupt):
+        print("densemoe: interrupted; nothing half-written was kept, re-run the same command",
+              file=sys.stderr)
+        return 130
+    if isinstance(exc, OSError):
+        from densemoe.atomic import _disk_full, disk_full_error
+
+        where = exc.filename or "a file"
+        if _disk_full(exc):
+            print(f"densemoe: error: {disk_full_error(where)}", file=sys.stderr)
+        else:
+            print(f"densemoe: error: cannot use {where}: {exc.strerror or exc}; check the path and its "
+                  "permissions, then re-run", file=sys.stderr)
+        return 2
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    print(f"densemoe: internal error: {type(exc).__name__}: {first} (a bug in densemoe: re-run with -v for "
+          "the traceback and report it)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from densemoe.errors import ConfigError, unknown
+from densemoe.validate import Range, bounded, check_device, field_range
 
 T = TypeVar("T")
 
@@ -27,12 +28,12 @@ T = TypeVar("T")
 class SynthParams:
     """How many SynthScenes images of which size to generate (``data.synth.<name>``)."""
 
-    height: int = 128
-    width: int = 128
-    train: int = 400
-    val: int = 100
-    test: int = 100
-    workers: int = 2
+    height: int = bounded(128, ge=8)
+    width: int = bounded(128, ge=8)
+    train: int = bounded(400, ge=1)
+    val: int = bounded(100, ge=1)
+    test: int = bounded(100, ge=1)
+    workers: int = bounded(2, ge=0)  # processes rendering images (0 or 1: in this process)
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,46 @@ class ArchiveParams:
     url: str
     archive: str
     md5: str | None = None
-    size: int | None = None
+    size: int | None = bounded(None, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.md5 is not None and not MD5.fullmatch(self.md5):
+            raise ConfigError(f"data.archives md5 must be 32 hex digits, got {self.md5!r}")
+        if not re.match(r"https?://", self.url):
+            raise ConfigError(f"data.archives url must start with http:// or https://, got {self.url!r}")
+        if not self.archive or Path(self.archive).name != self.archive:
+            raise ConfigError(f"data.archives archive must be a file name (no folders), got {self.archive!r}")
 
 
 @dataclass(frozen=True)
 class AugmentParams:
     """Training augmentation (specs/mlore.md §2, "from ATRC"); ``crop: null`` = the dataset's size."""
 
-    scale_min: float = 0.5
-    scale_max: float = 2.0
+    scale_min: float = bounded(0.5, gt=0)
+    scale_max: float = bounded(2.0, gt=0)
     crop: tuple[int, int] | None = None
-    cat_max_ratio: float = 0.75
+    cat_max_ratio: float = bounded(0.75, gt=0, le=1)
     flip: bool = True
     photometric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.scale_max < self.scale_min:
+            raise ConfigError(
+                f"data.augment.scale_max ({self.scale_max}) must be >= scale_min ({self.scale_min})")
+        if self.crop is not None and min(self.crop) < 8:
+            raise ConfigError(f"data.augment.crop must be at least 8x8 pixels, got {list(self.crop)}")
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    """How long ``densemoe data fetch`` waits (``data.download``), as curl's ``--speed-time`` and
+    ``--speed-limit``: the download ends when the last ``stall_timeout`` seconds brought fewer than
+    ``min_rate`` bytes per second (a silent server, or one that trickles), or after ``deadline`` seconds in
+    all (0 = none). The bytes so far are kept, and the next fetch resumes them."""
+
+    stall_timeout: float = bounded(60.0, gt=0)
+    min_rate: float = bounded(1024.0, ge=0)
+    deadline: float = bounded(0.0, ge=0)
 
 
 @dataclass(frozen=True)
@@ -66,10 +94,20 @@ class DataParams:
     synth: dict[str, SynthParams] = field(default_factory=dict)
     archives: dict[str, ArchiveParams] = field(default_factory=dict)
     augment: AugmentParams = field(default_factory=AugmentParams)
+    download: DownloadParams = field(default_factory=DownloadParams)
 
 
 AMP_MODES = ("none", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
+SPLITS = ("train", "val", "test")
+MD5 = re.compile(r"[0-9a-fA-F]{32}")
+LOSS_WEIGHT = Range(ge=0)
+
+
+def check_ranges(obj: Any, where: str) -> None:
+    """Every :func:`~densemoe.validate.bounded` field of dataclass ``obj`` within its range."""
+    for f in dataclasses.fields(obj):
+        if (rng := field_range(f)) is not None:
+            rng.check(getattr(obj, f.name), f"{where}.{f.name}")
 
 
 @dataclass(frozen=True)
@@ -84,37 +122,38 @@ class TrainParams:
     (PASCAL 0.95, NYUD 0.88; 0.925 for PASCAL ViT-L).
     """
 
-    device: str = "auto"  # auto (cuda if available) | cpu | cuda
-    iterations: int = 40000
-    batch_size: int = 2  # per process
-    val_batch_size: int = 6
-    workers: int = 2  # data-loader processes per training process
-    lr: float = 2.0e-5
-    weight_decay: float = 1.0e-6
+    device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
+    iterations: int = bounded(40000, ge=1)
+    batch_size: int = bounded(2, ge=1)  # per process
+    val_batch_size: int = bounded(6, ge=1)
+    workers: int = bounded(2, ge=0)  # data-loader processes per training process
+    lr: float = bounded(2.0e-5, gt=0)
+    weight_decay: float = bounded(1.0e-6, ge=0)
     decay_norms_and_biases: bool = True  # the official single parameter group
-    poly_power: float = 0.9
-    grad_clip: float = 10.0  # 0 = off
+    poly_power: float = bounded(0.9, ge=0)  # 0 = constant lr; < 0 would divide by zero at t = T
+    grad_clip: float = bounded(10.0, ge=0)  # 0 = off
     loss_weights: dict[str, float] = field(default_factory=dict)
-    edge_w: float | None = None
-    eval_every: int = 2000  # 0 = only at the end
-    checkpoint_every: int = 2000  # 0 = only at the end (and after each evaluation)
-    log_every: int = 20
+    edge_w: float | None = bounded(None, gt=0, lt=1)
+    eval_every: int = bounded(2000, ge=0)  # 0 = only at the end
+    checkpoint_every: int = bounded(2000, ge=0)  # 0 = only at the end (and after each evaluation)
+    log_every: int = bounded(20, ge=1)
     eval_split: str = "val"
-    edge_workers: int = 2  # processes matching boundaries at evaluation
+    edge_workers: int = bounded(2, ge=1)  # processes matching boundaries at evaluation
     amp: str = "none"  # none | bf16 | fp16 (fp16 adds a GradScaler)
     channels_last: bool = False
     sync_bn: bool = True  # SyncBatchNorm under torchrun on GPUs, as the official code
     find_unused_parameters: bool = False  # DDP; set true for models that skip parameters in forward
-    nproc_per_node: int = 1  # processes (GPUs) per run: > 1 re-launches `densemoe train` under torchrun
+    nproc_per_node: int = bounded(1, ge=1)  # processes (GPUs) per run: > 1 re-launches under torchrun
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
             raise unknown("amp mode", self.amp, AMP_MODES, where=" in train.amp")
-        if self.device not in DEVICES:
-            raise unknown("device", self.device, DEVICES, where=" in train.device")
-        for key in ("iterations", "batch_size", "val_batch_size", "log_every", "nproc_per_node"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train.{key} must be at least 1, got {getattr(self, key)}")
+        check_device(self.device, "train.device")
+        check_ranges(self, "train")
+        if self.eval_split not in SPLITS:
+            raise unknown("split", self.eval_split, SPLITS, where=" in train.eval_split")
+        for task, weight in self.loss_weights.items():
+            LOSS_WEIGHT.check(weight, f"train.loss_weights.{task}")
 
 
 @dataclass(frozen=True)
@@ -123,6 +162,9 @@ class ProfileParams:
 
     datasets: tuple[str, ...]
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        check_device(self.device, "profiles.<name>.device")
     description: str = ""
     train: TrainParams = field(default_factory=TrainParams)
     #: A caveat printed under every table and in reports/README.md (the smoke profile: synthetic numbers).
@@ -209,7 +251,7 @@ class PipelineParams:
 
 @dataclass(frozen=True)
 class Params:
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     profile: str = "smoke"
     data: DataParams = field(default_factory=DataParams)
     profiles: dict[str, ProfileParams] = field(default_factory=dict)
@@ -406,6 +448,8 @@ def from_dict(cls: type[T], data: Any, where: str = "params") -> T:
     for name in fields:
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+            if (rng := field_range(fields[name])) is not None:
+                rng.check(kwargs[name], f"{where}.{name}")
         elif (fields[name].default, fields[name].default_factory) == (dataclasses.MISSING,) * 2:
             raise ConfigError(f"{where}.{name} is required but missing")
     return cls(**kwargs)
@@ -420,6 +464,32 @@ def find_root(start: str | Path | None = None) -> Path:
     raise ConfigError(f"no params.yaml found in {here} or above; run from the densemoe repository")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last
+    one silently, so an edit to the first copy of an experiment would do nothing)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{key_node.start_mark.name} line {line}: key '{key}' is given twice "
+                                  f"(first on line {seen[key]}); keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text_or_file: Any) -> Any:
+    """Parse YAML with :class:`_StrictLoader` (safe, and a duplicate key is an error)."""
+    return yaml.load(text_or_file, Loader=_StrictLoader)  # a SafeLoader subclass
+
+
+def read_yaml(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return parse_yaml(f)
+
+
 def load_params(path: str | Path | None = None, check_pipeline: bool = True) -> Params:
     """Read and validate ``params.yaml`` (default: the repository's); ``check_pipeline`` also checks
     that ``pipeline`` suits the active profile (:meth:`Params.check_pipeline`)."""
@@ -427,9 +497,11 @@ def load_params(path: str | Path | None = None, check_pipeline: bool = True) -> 
     if not path.is_file():
         raise ConfigError(f"params file {path} does not exist; pass --params PATH or run from the repository")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_yaml(path)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read params file {path}: {exc}") from exc
     params = from_dict(Params, data)
     if check_pipeline:
         params.check_pipeline()

@@ -16,10 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
 from densemoe.atomic import atomic_write
-from densemoe.config import Params, PipelineParams, find_root, from_dict, load_params
+from densemoe.config import Params, PipelineParams, find_root, from_dict, load_params, parse_yaml
 from densemoe.errors import ConfigError
 
 HEADER = """# What `dvc repro` runs for the active profile, written by `densemoe repro --profile NAME` from
@@ -55,7 +53,7 @@ def switch_profile(path: str | Path, profile: str) -> tuple[Params, bool]:
     text, n = PIPELINE_SECTION.subn(lambda _: block, text, count=1)
     if n == 0:
         text = text.rstrip("\n") + "\n\n" + block
-    params = from_dict(Params, yaml.safe_load(text))
+    params = from_dict(Params, parse_yaml(text))
     if params.profile != profile or params.pipeline != pipeline:
         raise ConfigError(f"could not rewrite {path}: edit its profile and pipeline by hand")
     params.check_pipeline()

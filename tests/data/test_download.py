@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures import build_nyud, build_pascal, evil_tar, make_tar
 
 from densemoe.data import nyud
 from densemoe.data.download import ArchiveSpec, direct_url, download, fetch, safe_extract, verify
 from densemoe.errors import DataError
+from fixtures import build_nyud, build_pascal, evil_tar, make_tar
 
 
 def md5(b: bytes) -> str:

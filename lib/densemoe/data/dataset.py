@@ -103,7 +103,8 @@ def read_split(layout: Layout, folder: Path, split: str) -> list[str]:
     """The sample ids of ``split``, read from the layout's split list."""
     path = folder / layout.splits.format(split=layout.split_alias.get(split, split))
     if not path.is_file():
-        raise DataError(f"missing split file {path} for split '{split}'; the dataset at {folder} is incomplete")
+        raise DataError(
+            f"missing split file {path} for split '{split}'; the dataset at {folder} is incomplete")
     ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"split file {path} lists no samples")
@@ -139,6 +140,7 @@ class MultiTaskDataset(Dataset):
             raise unknown("task", bad[0], self.layout.targets, where=f" for dataset '{name}'")
         self.name, self.split, self.tasks, self.transform = name, split, tuple(tasks), transform
         self.ids = read_split(self.layout, self.folder, split)
+        self.num_classes = dataset_info(name).num_classes
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -155,9 +157,31 @@ class MultiTaskDataset(Dataset):
                     f"{task} label of '{sid}' is {target.shape[:2]} but its image is {image.shape[:2]}; "
                     f"the dataset at {self.folder} is corrupt"
                 )
+            self._check_values(task, sid, target)
             sample[task] = _to_tensor(task, target)
         sample["meta"] = {"name": sid, "size": tuple(image.shape[:2]), "dataset": self.name}
         return sample
+
+    def _check_values(self, task: str, sid: str, target: np.ndarray) -> None:
+        """A label outside its task's range is a one-line error here, where the file is known, rather than
+        an index error in the loss or a silently wrong confusion matrix later."""
+        classes = self.num_classes.get(task)
+        if classes is not None:
+            wrong = (target < 0) | (target >= classes) | (target != np.round(target))
+            bad = target[(target != 255) & wrong]
+            allowed = f"0..{classes - 1}, or 255 = ignore"
+        elif task == "depth":
+            bad = target[~np.isfinite(target) | (target < 0)]
+            allowed = "finite metres >= 0, 0 = invalid"
+        elif task == "normals":
+            bad = target[~np.isfinite(target)]
+            allowed = "finite"
+        else:
+            return
+        if bad.size:
+            raise DataError(f"{task} label of sample '{sid}' holds {bad.flat[0]:g} ({bad.size} pixels; "
+                            f"allowed: {allowed}); the dataset at {self.folder} is corrupt or another variant, "
+                            "re-fetch or regenerate it")
 
     def __getitem__(self, index: int) -> Sample:
         sample = self.raw(index)

@@ -33,9 +33,7 @@ import colorsys
 import json
 import math
 import multiprocessing
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,8 +42,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from densemoe.atomic import _disk_full, disk_full_error, publish_dir, remove_stale, stale_patterns, temp_dir
 from densemoe.data import synth_geometry as geo
 from densemoe.data.synth_geometry import Primitives
+from densemoe.lock import FolderLock
 
 __all__ = ["SYNTH_PART_CLASSES", "SYNTH_PRESETS", "SYNTH_SEMSEG_CLASSES", "SynthConfig", "render_scene",
            "write_synth_dataset"]
@@ -320,33 +320,34 @@ def write_synth_dataset(root: str | Path, name: str, cfg: SynthConfig, splits: d
 
     Image ``i`` of the ``s``-th split is rendered from ``SeedSequence([seed, s, i])``, so the files do not
     depend on ``workers``. Everything is written to a temporary sibling folder that replaces ``root/name``
-    only once complete. An existing ``root/name`` whose ``meta.json`` matches is returned as is.
+    only once complete (``densemoe/atomic.py``). An existing ``root/name`` whose ``meta.json`` matches is
+    returned as is. The work holds the lock ``root/.<name>.lock``; under it, the temporary folders of a
+    generation that was killed are removed first.
     """
     out = Path(root) / name
     meta = {"generator": "SynthScenes", "version": _VERSION, "name": name, "seed": seed,
             "config": asdict(cfg), "splits": dict(splits), "semseg_classes": list(SYNTH_SEMSEG_CLASSES),
             "part_classes": list(SYNTH_PART_CLASSES)}
-    if _same_meta(out / "meta.json", meta):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out.parent))
-    try:
-        for sub in _FOLDERS:
-            (tmp / sub).mkdir()
-        jobs = [(seed, s, split, i) for s, (split, n) in enumerate(splits.items()) for i in range(n)]
-        intrinsics = _run_jobs(partial(_write_sample, str(tmp), cfg), jobs, workers, progress, name)
-        for split, n in splits.items():
-            (tmp / "gt_sets" / f"{split}.txt").write_text("".join(f"{split}_{i:06d}\n" for i in range(n)))
-        (tmp / "meta.json").write_text(json.dumps({**meta, "intrinsics": intrinsics}, indent=1))
-        if out.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=out.parent))
-            os.replace(out, old / name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with FolderLock(out, f"densemoe data synth {name}", path=out.parent / f".{name}.lock"):
+        remove_stale(out.parent, (f".{name}.tmp-*", *stale_patterns(name)), recursive=False)
+        if _same_meta(out / "meta.json", meta):
+            return out
+        tmp = temp_dir(out.parent, prefix=f".{name}.tmp-")
+        try:
+            for sub in _FOLDERS:
+                (tmp / sub).mkdir()
+            jobs = [(seed, s, split, i) for s, (split, n) in enumerate(splits.items()) for i in range(n)]
+            intrinsics = _run_jobs(partial(_write_sample, str(tmp), cfg), jobs, workers, progress, name)
+            for split, n in splits.items():
+                (tmp / "gt_sets" / f"{split}.txt").write_text("".join(f"{split}_{i:06d}\n" for i in range(n)))
+            (tmp / "meta.json").write_text(json.dumps({**meta, "intrinsics": intrinsics}, indent=1))
+            publish_dir(tmp, out)
+        except Exception as exc:
+            if _disk_full(exc):
+                raise disk_full_error(out) from exc
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

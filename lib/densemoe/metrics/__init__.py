@@ -1,12 +1,17 @@
 """Metrics of the papers' evaluation protocol (``specs/mlore.md`` §4, ``specs/ecosystem.md`` §5–6).
 
-Every metric streams (LibMTL's ``AbsMetric``; STYLE §2.5): ``update(pred, target)`` with a batch of
-model outputs at input resolution and the targets of the sample contract (DESIGN §4), ``compute()`` →
-``{"<task>/<metric>": value}`` with the keys of :class:`~densemoe.tasks.TaskSpec` ``metrics``, and
+Every metric streams (LibMTL's ``AbsMetric``; STYLE §2.5): ``update(pred, target, wrong=None)`` with a
+batch of model outputs at input resolution and the targets of the sample contract (DESIGN §4), ``compute()``
+→ ``{"<task>/<metric>": value}`` with the keys of :class:`~densemoe.tasks.TaskSpec` ``metrics``, and
 ``reset()``. All state is a dict of sums (:meth:`Metric.state_tensors`), so two meters that saw two
 halves of a split merge into the meter of the whole split (:meth:`Metric.merge`), and distributed
 evaluation all-reduces them (:func:`all_reduce_`). Every metric is pooled over the dataset, never a mean
 of per-image scores, except where the protocol says otherwise (saliency mIoU, boundary OIS).
+
+``wrong`` (``(B, H, W)`` bool) marks pixels to score as wrong whatever their prediction holds; each metric
+documents what "wrong" means for it. The meter of :mod:`.evaluate` refuses NaN/inf predictions
+(:class:`NonFinitePredictionError`) or, on request, passes them there. A prediction a metric cannot score
+(a shape that does not fit, a class out of range) is a :class:`PredictionError`.
 
 Modules: :mod:`.segmentation` (mIoU), :mod:`.saliency` (maxF, mIoU), :mod:`.normals` (angle errors),
 :mod:`.depth` (RMSE & co.), :mod:`.boundary` (SEISM odsF/oisF/AP), :mod:`.mtl_gain` (Δm) and
@@ -20,7 +25,15 @@ from collections.abc import Iterable
 
 import torch
 
-from densemoe.errors import ConfigError
+from densemoe.errors import ConfigError, DensemoeError
+
+
+class PredictionError(DensemoeError, ValueError):
+    """A prediction the metrics cannot score: a shape that does not fit, a class out of range, NaN/inf."""
+
+
+class NonFinitePredictionError(PredictionError):
+    """Predicted values that are NaN or infinite (a diverged model), refused unless scored as wrong."""
 
 
 class Metric(ABC):
@@ -50,8 +63,8 @@ class Metric(ABC):
         self.reset()
 
     @abstractmethod
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch to the state."""
+    def update(self, pred: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None = None) -> None:
+        """Add one batch to the state; ``wrong`` (``(B, H, W)`` bool) pixels count as wrong predictions."""
 
     def compute(self) -> dict[str, float]:
         values = self._values()
@@ -112,7 +125,7 @@ from densemoe.metrics.saliency import SaliencyMetric  # noqa: E402
 from densemoe.metrics.segmentation import SegmentationMetric  # noqa: E402
 
 __all__ = [
-    "BoundaryMetric", "DepthMetric", "Metric", "MultiTaskMetrics", "NormalsMetric", "SaliencyMetric",
-    "SegmentationMetric", "all_reduce_", "build_metrics", "delta_m", "delta_m_from_files",
-    "evaluate_predictions",
+    "BoundaryMetric", "DepthMetric", "Metric", "MultiTaskMetrics", "NonFinitePredictionError",
+    "NormalsMetric", "PredictionError", "SaliencyMetric", "SegmentationMetric", "all_reduce_",
+    "build_metrics", "delta_m", "delta_m_from_files", "evaluate_predictions",
 ]

@@ -18,6 +18,11 @@ Tools`` (MLoRE, TaskPrompter, InvPT). This module reproduces that pipeline on nu
    recall, e.g. for a binary prediction, perfect or not); all reported ×100. The special
    cases follow SEISM: no GT pixel → P = 0, R = 1; no predicted pixel → P = 1, R = 0.
 
+A pixel scored as wrong (``update(..., wrong=mask)``: a NaN/inf prediction under ``nonfinite_as_wrong``)
+gets the worst value for it: 0 (a miss at every threshold) on a true boundary pixel, the maximum (a
+detection at every threshold) elsewhere; NMS and matching then treat it as any prediction (so a false
+detection within the matching radius of a true boundary can still be matched, as it would be from a model).
+
 Where this departs from SEISM, and why:
 
 - **Matching.** SEISM's ``correspondPixels`` solves a min-cost assignment with CSA on a sparse graph whose
@@ -47,13 +52,15 @@ Where this departs from SEISM, and why:
 from __future__ import annotations
 
 import multiprocessing
+import numbers
 from functools import partial
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from densemoe.metrics import Metric
+from densemoe.errors import ConfigError
+from densemoe.metrics import Metric, PredictionError
 from densemoe.metrics.boundary_match import HED_THRESHOLDS, MATCHERS, image_counts
 from densemoe.metrics.boundary_nms import relabel, seg2bmap
 
@@ -120,6 +127,7 @@ class BoundaryMetric(Metric):
     or the uint8 PNG values. ``target`` is the ground-truth **label map** ``(B, H, W)`` whose region
     borders are the true boundaries (see the module docstring for each dataset). ``valid`` (optional,
     ``(B, H, W)`` bool) marks the image inside its padding: each image is cropped to its bounding box.
+    ``workers`` ≥ 1 (1: match in this process); ``max_pending`` ≥ 1 or None (keep every image).
     """
 
     task = "edge"
@@ -130,6 +138,11 @@ class BoundaryMetric(Metric):
                  workers: int = 2, progress: bool = False, max_pending: int | None = 512) -> None:
         if matcher not in MATCHERS:
             raise ValueError(f"unknown matcher '{matcher}' (valid: {', '.join(MATCHERS)})")
+        if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+            raise ConfigError(f"edge: workers must be an integer >= 1 (1: match in this process), "
+                              f"got {workers!r}")
+        if max_pending is not None and (not isinstance(max_pending, numbers.Integral) or max_pending < 1):
+            raise ConfigError(f"edge: max_pending must be an integer >= 1 or None, got {max_pending!r}")
         self.max_dist, self.relabel = max_dist, relabel
         self.from_logits, self.quantize = from_logits, quantize
         self.thresholds = np.asarray(thresholds, np.float64)
@@ -145,11 +158,13 @@ class BoundaryMetric(Metric):
         self.pending = []
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+               wrong: torch.Tensor | None = None) -> None:
         if pred.ndim == target.ndim + 1:
             pred = pred.squeeze(1)
         if pred.shape != target.shape:
-            raise ValueError(f"edge: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+            raise PredictionError(f"edge: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
+                                  "differ")
         pred = pred.detach().cpu()
         if pred.dtype == torch.uint8:  # already the PNG values
             maps = pred.numpy()
@@ -163,15 +178,21 @@ class BoundaryMetric(Metric):
                 maps = (scaled / 255).numpy()
         labels = target.detach().cpu().numpy()
         masks = None if valid is None else valid.detach().cpu().numpy().astype(bool)
+        wrongs = None if wrong is None else wrong.detach().cpu().numpy().astype(bool).reshape(maps.shape)
+        top = np.array(255 if maps.dtype == np.uint8 else 1, maps.dtype)
         for b in range(maps.shape[0]):
             p, g = maps[b], labels[b]
+            w = None if wrongs is None else wrongs[b]
             if masks is not None:
                 rows, cols = np.flatnonzero(masks[b].any(1)), np.flatnonzero(masks[b].any(0))
                 if not len(rows):
                     continue
                 box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
                 p, g = p[box], g[box]
+                w = None if w is None else w[box]
             bmap = seg2bmap(relabel(g) if self.relabel else g)
+            if w is not None and w.any():  # the worst value: a miss on a boundary, a detection elsewhere
+                p = np.where(w, np.where(bmap, np.zeros_like(top), top), p)
             self.pending.append((np.ascontiguousarray(p), np.packbits(bmap.ravel()), bmap.shape))
         if self.max_pending is not None and len(self.pending) >= self.max_pending:
             self.evaluate_pending()

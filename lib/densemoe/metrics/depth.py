@@ -7,6 +7,11 @@ become 1e-9 (so the logarithm exists); then, summed over all valid pixels of the
 ln p)² / N)``, ``abs_rel = Σ|p − g|/g / N`` and ``sq_rel = Σ(p − g)²/g / N``. ``delta1``/``delta2``/``delta3``
 (% of pixels with ``max(p/g, g/p) < 1.25^k``) are the usual extra accuracies, not in the official meter.
 Sums are float64 (float32 tensors and Python floats in the original).
+
+A pixel scored as wrong (``update(..., wrong=mask)``: a NaN/inf prediction under ``nonfinite_as_wrong``)
+counts as a prediction of 0 m, i.e. the 1e-9 floor the official meter gives any non-positive prediction:
+an error of the whole true depth (``abs_rel`` ≈ 1), a log error of ``ln(g / 1e-9)``, within no δ. Excluding
+it would reward a model for failing; an unbounded error would let one pixel decide the whole split.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import math
 
 import torch
 
-from densemoe.metrics import Metric
+from densemoe.metrics import Metric, PredictionError
 
 DELTAS = (1.25, 1.25**2, 1.25**3)
 
@@ -41,12 +46,16 @@ class DepthMetric(Metric):
                       "count": torch.zeros((), dtype=torch.int64)}
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None = None) -> None:
         if pred.shape != target.shape:
-            raise ValueError(f"depth: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+            raise PredictionError(f"depth: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
+                                  "differ")
         pred = pred.detach().to("cpu", torch.float64)
         gt = target.detach().to("cpu", torch.float64)
         valid = (gt > self.min_depth) & (gt < self.max_depth)
+        if wrong is not None:  # a prediction of 0 m: the floor below
+            wrong = wrong.detach().to("cpu", torch.bool).reshape(pred.shape)
+            pred = torch.where(wrong, torch.zeros_like(pred), pred)
         p = pred[valid]
         p = torch.where(p > 0, p, torch.full_like(p, 1e-9))
         g = gt[valid]

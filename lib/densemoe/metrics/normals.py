@@ -12,6 +12,10 @@ three channels. The official pipeline also quantises the prediction to the 8-bit
 (``(n + 1)·255/2`` then ``2v/255 − 1``) in float; that is the identity up to float rounding and is
 skipped. The median comes from a histogram of 0.001° bins (it is the centre of the bin holding the
 middle value, within 0.0005° of the exact median) so that the state stays a fixed-size sum.
+
+A pixel scored as wrong (``update(..., wrong=mask)``: a NaN/inf prediction under ``nonfinite_as_wrong``)
+has the largest angular error there is, 180° (the opposite direction): within no threshold, and in the
+last bin of the median's histogram.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 
 import torch
 
-from densemoe.metrics import Metric
+from densemoe.metrics import Metric, PredictionError
 
 WITHIN = (11.25, 22.5, 30.0)
 BIN_DEG = 1e-3
@@ -55,13 +59,17 @@ class NormalsMetric(Metric):
         }
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None = None) -> None:
         if pred.shape != target.shape or pred.ndim != 4 or pred.shape[1] != 3:
-            raise ValueError(f"normals: expected (B, 3, H, W) prediction and target, got "
-                             f"{tuple(pred.shape)} and {tuple(target.shape)}")
+            raise PredictionError(f"normals: expected (B, 3, H, W) prediction and target, got "
+                                  f"{tuple(pred.shape)} and {tuple(target.shape)}")
         pred, target = pred.detach().cpu(), target.detach().cpu()
         valid = (target != 0).any(1) & ~(target == 255).all(1)
-        err = angular_error(pred, target)[valid]
+        err = angular_error(pred, target)
+        if wrong is not None:  # the worst error there is
+            wrong = wrong.detach().to("cpu", torch.bool).reshape(err.shape)
+            err = torch.where(wrong, torch.full_like(err, 180.0), err)
+        err = err[valid]
         s = self.state
         s["sum"] += err.sum()
         s["sum_sq"] += (err**2).sum()

@@ -17,13 +17,18 @@ produced this way; set the switch to compare with them. Off by default (the metr
 averaged over images; ``mIoU = 100 · max_t`` of that mean. It ignores the double-sigmoid switch.
 
 Pixels labelled ``ignore_index`` (255: padding) never count; an image with no valid pixel is skipped.
+
+A pixel scored as wrong (``update(..., wrong=mask)``: a NaN/inf prediction under ``nonfinite_as_wrong``)
+gets the worst prediction for it at every threshold of both numbers: a salient pixel is never positive, a
+background pixel always (probability 0 and 1, set after the double-sigmoid quirk, which could not reach
+them).
 """
 
 from __future__ import annotations
 
 import torch
 
-from densemoe.metrics import Metric
+from densemoe.metrics import Metric, PredictionError
 
 #: The official maxF thresholds, exactly as ``torch.arange(0.05, 1, 0.05)`` makes them (float32).
 MAXF_THRESHOLDS = torch.arange(0.05, 1, 0.05)
@@ -60,7 +65,7 @@ class SaliencyMetric(Metric):
         }
 
     @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor, wrong: torch.Tensor | None = None) -> None:
         prob = pred.detach().to("cpu", torch.float32)
         if prob.ndim == target.ndim + 1 and prob.shape[1] == 2:
             prob = torch.softmax(prob, dim=1)[:, 1]  # the official 2-class head
@@ -71,11 +76,16 @@ class SaliencyMetric(Metric):
         elif self.from_logits:
             prob = torch.sigmoid(prob)
         if prob.shape != target.shape:
-            raise ValueError(f"sal: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+            raise PredictionError(f"sal: prediction {tuple(pred.shape)} and target {tuple(target.shape)} "
+                                  "differ")
         target = target.detach().to("cpu")
         valid = target != self.ignore_index
         gt = (target == 1) & valid
         scored = torch.sigmoid(prob) if self.double_sigmoid else prob  # the official quirk, on request
+        if wrong is not None:  # the worst prediction: 0 where salient, 1 elsewhere
+            wrong = wrong.detach().to("cpu", torch.bool).reshape(prob.shape)
+            worst = (~gt).float()
+            prob, scored = torch.where(wrong, worst, prob), torch.where(wrong, worst, scored)
         s = self.state
         for k, t in enumerate(MAXF_THRESHOLDS):
             positive = (scored >= t) & valid

@@ -19,9 +19,11 @@ ViT, and how we get the same computation (``specs/mlore.md`` §1.1):
 
 ``pretrained`` is ``False`` (random init), ``True`` (timm's default weights, the AugReg ``*_patch16_384``
 checkpoints; needs the network or the HF cache), or a path to a local weights file, which timm loads
-through ``pretrained_cfg_overlay=dict(file=...)``. Mean/std and input size are read from the timm model's
-``pretrained_cfg`` (note: the official pipeline normalises with ImageNet mean/std although the AugReg
-weights were trained with 0.5/0.5, spec §1.1; that choice belongs to the data transforms).
+through ``pretrained_cfg_overlay=dict(file=...)``. Both are checked before timm runs (``weights.py``): a node
+without internet gets one line naming the offline routes at once, not the hub's retries and traceback.
+Mean/std and input size are read from the timm model's ``pretrained_cfg`` (note: the official pipeline
+normalises with ImageNet mean/std although the AugReg weights were trained with 0.5/0.5, spec §1.1; that
+choice belongs to the data transforms).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from densemoe.errors import ConfigError
+from densemoe.models.weights import ensure_pretrained_available, pretrained_errors
 
 #: Drop-path rate of the official configs (``utils/common_config.py``, spec §1.1).
 DROP_PATH_RATE = 0.15
@@ -51,9 +54,25 @@ def _pretrained_kwargs(pretrained: bool | str | os.PathLike) -> dict:
     if isinstance(pretrained, bool):
         return dict(pretrained=pretrained)
     path = os.fspath(pretrained)
+    if not os.path.exists(path):
+        raise ConfigError(
+            f"backbone weights file not found: {path}; fix model_args.pretrained (a .safetensors or .pth "
+            "file), or use pretrained: true with the Hugging Face cache"
+        )
     if not os.path.isfile(path):
-        raise ConfigError(f"backbone weights file not found: {path}")
+        raise ConfigError(f"backbone weights path {path} is not a file; give a .safetensors or .pth file")
     return dict(pretrained=True, pretrained_cfg_overlay=dict(file=path))
+
+
+def _create_timm(name: str, pretrained: bool | str | os.PathLike, **kwargs) -> nn.Module:
+    """``timm.create_model`` with the weights checked first (``weights.py``): no network, no weights file or
+    an unusable one is a one-line :class:`ConfigError` at once, not the hub's ~50 s of retries."""
+    for key, value in _pretrained_kwargs(pretrained).items():
+        kwargs[key] = {**kwargs.get(key, {}), **value} if key == "pretrained_cfg_overlay" else value
+    if pretrained is True:
+        ensure_pretrained_available(name, kwargs.get("cache_dir"), kwargs.get("pretrained_cfg_overlay"))
+    with pretrained_errors(name, pretrained, kwargs.get("cache_dir")):
+        return timm.create_model(name, **kwargs)
 
 
 def _drop_class_token(vit: nn.Module) -> None:
@@ -83,14 +102,14 @@ class ViTBackbone(nn.Module):
     ):
         super().__init__()
         _check_name(name)
-        self.vit = timm.create_model(
+        self.vit = _create_timm(
             name,
+            pretrained,
             num_classes=0,
             global_pool="",
             img_size=tuple(img_size),
             dynamic_img_size=True,
             drop_path_rate=drop_path_rate,
-            **_pretrained_kwargs(pretrained),
             **timm_kwargs,
         )
         if not hasattr(self.vit, "forward_intermediates") or not hasattr(self.vit, "blocks"):
@@ -131,11 +150,11 @@ class CNNBackbone(nn.Module):
     ):
         super().__init__()
         _check_name(name)
-        self.net = timm.create_model(
+        self.net = _create_timm(
             name,
+            pretrained,
             features_only=True,
             out_indices=tuple(out_indices),
-            **_pretrained_kwargs(pretrained),
             **timm_kwargs,
         )
         self.channels = list(self.net.feature_info.channels())

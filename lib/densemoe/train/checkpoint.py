@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from densemoe.atomic import atomic_write
-from densemoe.errors import ConfigError, DataError
+from densemoe.errors import ConfigError, DataError, DensemoeError
 
 FORMAT = 1
 
@@ -73,9 +73,35 @@ def model_spec(model: nn.Module) -> tuple[str, dict[str, Any]]:
     return preset, dict(args)
 
 
+class NonFiniteStateError(DensemoeError, ValueError):
+    """A checkpoint would hold NaN/inf weights or optimizer state."""
+
+
+def first_non_finite(model: nn.Module, optimizer=None) -> str | None:
+    """The first floating-point model weight/buffer or optimizer state holding NaN/inf, named; or None."""
+    for name, t in unwrap(model).state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return f"the model weight '{name}'"
+    if optimizer is not None:
+        names = {id(p): n for n, p in unwrap(model).named_parameters()}
+        for p, state in optimizer.state.items():
+            for key, t in state.items():
+                if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return f"the optimizer state '{key}' of '{names.get(id(p), '?')}'"
+    return None
+
+
 def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer=None, scheduler=None, scaler=None,
-                    iteration: int = 0, meta: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically (module docstring); returns its path."""
+                    iteration: int = 0, meta: dict[str, Any] | None = None,
+                    check_finite: bool = True) -> Path:
+    """Write a checkpoint atomically (module docstring); returns its path.
+
+    A checkpoint never holds non-finite weights or optimizer state: ``check_finite`` (the default) raises
+    :class:`NonFiniteStateError` instead of writing one; pass False only after checking it yourself.
+    """
+    if check_finite and (bad := first_non_finite(model, optimizer)) is not None:
+        raise NonFiniteStateError(f"{bad} is NaN/inf; not writing the checkpoint {path} (the file already "
+                                  "there, if any, is kept)")
     preset, args = model_spec(model)
     state = {
         "format": FORMAT,
@@ -95,6 +121,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, optimizer=None, sched
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True``; one-line errors for a missing or foreign file."""
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"checkpoint {path} is a folder, not a checkpoint file; name the .pt file inside it")
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist; train first (densemoe train --experiment NAME)")
     try:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from densemoe.errors import ConfigError
+from densemoe.validate import check_device
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,19 @@ class DistInfo:
 
 
 def pick_device(device: str) -> torch.device:
-    """``auto`` → cuda if available, else cpu; ``cuda`` without a GPU is a one-line error."""
+    """``auto`` → cuda if available, else cpu; ``cuda``/``cuda:N``/``mps`` not on this machine, or an
+    unknown name, is a one-line error."""
+    check_device(device)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no GPU is visible; set train.device: cpu (or auto)")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            seen = f"{count} GPU{'s' if count != 1 else ''} visible" if count else "no GPU is visible"
+            raise ConfigError(f"device {device} asked for, but {seen}; set train.device: cpu (or auto)")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps asked for, but this machine has none; set train.device: cpu (or auto)")
     return torch.device(device)
 
 

@@ -4,6 +4,10 @@ Every rank runs its share of the split; the metrics' sums and the routing sums a
 (:mod:`densemoe.train.distributed`), so rank 0 reports the whole split. Routing statistics (for the
 expert-usage figures) come from ``model.routing_stats()``, ``{block: g (B, T, N)}``: per block, task and
 expert, the mean routing weight over the images and how often the expert was among the top-k (g > 0).
+
+Predictions go through :meth:`densemoe.metrics.MultiTaskMetrics.update`, so a model that outputs NaN/inf
+stops the evaluation with one line naming the task and the share of such pixels (or, with
+``nonfinite_as_wrong``, has them scored as wrong), here as for saved predictions.
 """
 
 from __future__ import annotations
@@ -72,12 +76,16 @@ class RoutingStats:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, tasks: Mapping[str, TaskSpec], dataset: str,
              info: DistInfo | None = None, amp: str = "none", channels_last: bool = False,
-             edge_workers: int = 2, progress: bool = False,
-             save_dir: str | Path | None = None) -> tuple[dict[str, float], dict[str, Any]]:
+             edge_workers: int = 2, progress: bool = False, save_dir: str | Path | None = None, *,
+             nonfinite_as_wrong: bool = False,
+             sal_double_sigmoid: bool = False) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics ``{"<task>/<metric>": v}`` and routing statistics of ``model`` over ``loader``'s split.
 
     Under ``torch.distributed`` every rank must call it with its shard. ``save_dir`` also writes the
     predictions in the format of :func:`densemoe.metrics.evaluate.save_predictions` (padding removed).
+    NaN/inf outputs are a :class:`~densemoe.metrics.NonFinitePredictionError` unless ``nonfinite_as_wrong``
+    (scored as wrong, :class:`~densemoe.metrics.MultiTaskMetrics`); ``sal_double_sigmoid`` is the official
+    saliency maxF quirk.
     """
     from densemoe.metrics.evaluate import save_predictions
 
@@ -85,7 +93,8 @@ def evaluate(model: nn.Module, loader, tasks: Mapping[str, TaskSpec], dataset: s
     net = unwrap(model)
     was_training = net.training
     net.eval()
-    meter = build_metrics(tasks, dataset, edge_workers=edge_workers)
+    meter = build_metrics(tasks, dataset, edge_workers=edge_workers, nonfinite_as_wrong=nonfinite_as_wrong,
+                          sal_double_sigmoid=sal_double_sigmoid)
     routing = RoutingStats()
     try:
         for batch in tqdm(loader, desc="evaluate", unit="batch", leave=False, disable=not progress):

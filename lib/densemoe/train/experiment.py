@@ -28,6 +28,7 @@ from densemoe.data.transforms import eval_transforms, train_transforms
 from densemoe.errors import DataError
 from densemoe.tasks import TaskSpec, dataset_info, tasks_for
 from densemoe.train.losses import default_edge_w
+from densemoe.train.signals import worker_ignores_signals
 
 
 @dataclass
@@ -161,7 +162,8 @@ class TrainBatches:
             keys = [(epoch, i) for i in self.epoch_order(epoch)][skip * t.batch_size :]
             loader = DataLoader(_Keys(self.data, keys), batch_size=t.batch_size, num_workers=t.workers,
                                 collate_fn=collate, generator=torch.Generator().manual_seed(epoch),
-                                persistent_workers=False, pin_memory=torch.cuda.is_available())
+                                persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                                worker_init_fn=worker_ignores_signals)
             for batch in loader:
                 yield epoch, batch
             epoch, skip = epoch + 1, 0
@@ -191,4 +193,5 @@ def eval_loader(exp_or_dataset: Experiment | str, root: Path | None = None, spli
                           transform=eval_transforms(crop or dataset_info(dataset).train_size))
     shard = _Keys(ds, list(range(rank, len(ds), world)))
     return DataLoader(shard, batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
+                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=worker_ignores_signals)

@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from densemoe.atomic import atomic_write
+from densemoe.atomic import write_json, write_text
+from densemoe.errors import DataError
 from densemoe.metrics.evaluate import write_metrics
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 class RunLog:
@@ -54,7 +50,7 @@ class RunLog:
         for path in (self.history, self.evals):
             if not path.is_file():
                 continue
-            rows = list(csv.DictReader(path.open()))
+            rows = _read_rows(path)
             keep = [r for r in rows if int(float(r["iteration"])) <= iteration]
             if len(keep) != len(rows):
                 self._write_rows(path, keep, list(rows[0]) if rows else [])
@@ -70,9 +66,9 @@ class RunLog:
     def _append(self, path: Path, row: Mapping[str, Any]) -> None:
         rows, fields = [], list(row)
         if path.is_file():
-            reader = csv.DictReader(path.open())
-            rows = list(reader)
-            fields = list(reader.fieldnames or []) + [k for k in row if k not in (reader.fieldnames or [])]
+            rows = _read_rows(path)
+            old = list(rows[0]) if rows else []
+            fields = old + [k for k in row if k not in old]
         self._write_rows(path, [*rows, {k: _fmt(v) for k, v in row.items()}], fields)
 
     def log(self, row: Mapping[str, Any]) -> None:
@@ -80,11 +76,23 @@ class RunLog:
 
     def log_eval(self, iteration: int, metrics: Mapping[str, float], routing: Mapping[str, Any]) -> None:
         write_metrics(self.metrics, metrics)
-        write_text(self.folder / "evals" / f"iter_{iteration:06d}.json",
-                   json.dumps({"iteration": iteration, **metrics}, indent=2) + "\n")
-        write_text(self.folder / "routing" / f"iter_{iteration:06d}.json",
-                   json.dumps({"iteration": iteration, **routing}) + "\n")
+        name = f"iter_{iteration:06d}.json"
+        write_json(self.folder / "evals" / name, {"iteration": iteration, **metrics}, indent=2)
+        write_json(self.folder / "routing" / name, {"iteration": iteration, **routing})
         self._append(self.evals, {"iteration": iteration, **metrics})
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a log CSV; one line naming the file if it was edited into something unreadable."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            int(float(r["iteration"]))
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"cannot read the run log {path} ({type(exc).__name__}: {exc}); re-run with "
+                        "--restart to train afresh") from exc
+    return rows
 
 
 def _fmt(v: Any) -> Any:

@@ -5,15 +5,23 @@ Like LibMTL's trainer (STYLE §2.1) it imports no particular model: it builds on
 ``model.aux_losses()`` (load balancing, weight included) and ``model.routing_stats()``.
 
 Per iteration t (iterations are the unit, not epochs): forward under optional autocast, the losses of
-``train/losses.py`` plus the aux losses, a guard against NaN/inf (stops, naming the iteration and the
-task, keeping the last good checkpoint), backward (through a GradScaler for fp16), global-norm clipping
+``train/losses.py`` plus the aux losses, backward (through a GradScaler for fp16), global-norm clipping
 at 10, Adam with L2 weight decay 1e-6, and the poly learning rate lr·(1 − t/T)^0.9.
+
+Non-finite values never reach a checkpoint: a NaN/inf loss stops the run before the backward pass, a
+NaN/inf gradient before the optimizer step (with or without clipping; under fp16 the GradScaler skips
+such steps itself), and every save first checks the weights and the optimizer state. Each stops with one
+line naming the iteration and what was non-finite; the last checkpoint, which passed that check, is kept.
 
 Every ``eval_every`` iterations and at the end: metrics and routing statistics of the evaluation split;
 every ``checkpoint_every``, after each evaluation and at the end: an atomic checkpoint. Re-running the
 same command resumes from ``runs/<name>/checkpoint.pt``; on the CPU the resumed run ends with the very
 weights of an uninterrupted one (model, optimizer, scheduler, scaler and RNG states are restored, and
-the data order and augmentation are functions of the iteration, ``train/experiment.py``).
+the data order and augmentation are functions of the iteration, ``train/experiment.py``). A checkpoint
+resumes only the configuration it was trained with, except for the schedule's length ``train.iterations``
+(the poly schedule then continues on the new length); any other change is a one-line error naming the
+changed keys, with ``--restart`` as the fix. SIGINT/SIGTERM save at the end of the iteration and exit
+130/143 (``train/signals.py``). The run folder is locked while a process trains in it (``densemoe/lock.py``).
 """
 
 from __future__ import annotations
@@ -24,22 +32,35 @@ import os
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from densemoe.errors import DensemoeError
+from densemoe.atomic import remove_stale
+from densemoe.errors import ConfigError, DataError, DensemoeError
+from densemoe.lock import FolderLock
 from densemoe.train import distributed
-from densemoe.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, set_rng_state, unwrap
+from densemoe.train.checkpoint import (
+    first_non_finite,
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from densemoe.train.evaluation import autocast, evaluate, to_device
 from densemoe.train.experiment import Experiment, TrainBatches, eval_loader
 from densemoe.train.losses import MultiTaskLoss
 from densemoe.train.runlog import RunLog
+from densemoe.train.signals import Interrupted, StopSignals
 
 log = logging.getLogger("densemoe")
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
+#: The configuration keys a checkpoint may resume under changed: the schedule's length.
+RESUMABLE_CHANGES = ("train.iterations",)
 
 
 class TrainingError(DensemoeError, RuntimeError):
@@ -113,6 +134,8 @@ class Trainer:
         self.criterion = MultiTaskLoss(exp.tasks, self.t.loss_weights, exp.edge_w)
         self.iteration = 0
         self.saved_at: int | None = None
+        self.stop = StopSignals(self.say)
+        self.stop_requested = 0
 
     def say(self, message: str) -> None:
         if not self.info.is_main:
@@ -126,11 +149,16 @@ class Trainer:
     # Checkpoints
 
     def save(self) -> None:
+        """A checkpoint of the current iteration, if its weights and optimizer state are finite (checked on
+        every rank, which hold the same values, so that all of them stop together)."""
+        bad = first_non_finite(self.model, self.optimizer)
+        if bad is not None:
+            self.diverged(bad, float("nan"), before="saving")
         if self.info.is_main:
             save_checkpoint(self.runlog.checkpoint, self.model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=self.scaler, iteration=self.iteration,
                             meta={"experiment": self.exp.name, "config": self.exp.config(),
-                                  "world_size": self.info.world_size})
+                                  "world_size": self.info.world_size}, check_finite=False)
         self.saved_at = self.iteration
         distributed.barrier(self.info)
 
@@ -143,21 +171,45 @@ class Trainer:
             if self.info.is_main:
                 self.runlog.write_config(self.exp.config())
             return
-        ckpt = load_checkpoint(self.runlog.checkpoint)
-        changed = _diff(ckpt.get("meta", {}).get("config", {}), self.exp.config())
-        if changed:
-            self.say(f"{self.exp.name}: the configuration changed since the checkpoint: {'; '.join(changed)}")
+        try:
+            ckpt = load_checkpoint(self.runlog.checkpoint)
+        except DataError as exc:
+            raise DataError(f"{exc}; re-run with --restart to train afresh") from exc
+        self.check_resumable(ckpt)
         load_weights(self.model, ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if (bad := first_non_finite(self.model, self.optimizer)) is not None:  # written by another tool
+            raise DataError(f"{self.runlog.checkpoint}: {bad} is NaN/inf; re-run with --restart to train "
+                            "afresh")
         set_rng_state(ckpt["rng"])
         self.iteration = self.saved_at = int(ckpt["iteration"])
+        # The optimizer's stored lr is the old schedule's; continue the poly schedule of this length.
+        for group, lr_at in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas, strict=True):
+            group["lr"] = group["initial_lr"] * lr_at(self.iteration)
+        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
         if self.info.is_main:
             self.runlog.truncate(self.iteration)
             self.runlog.write_config(self.exp.config())
         self.say(f"{self.exp.name}: resuming from {self.runlog.checkpoint} at iteration {self.iteration}")
+
+    def check_resumable(self, ckpt: dict) -> None:
+        """A one-line error unless ``ckpt`` was trained with this configuration, up to its length."""
+        where = self.runlog.checkpoint
+        changed = config_changes(ckpt.get("meta", {}).get("config", {}), self.exp.config())
+        blocking = [c for c in changed if c.split(" ", 1)[0] not in RESUMABLE_CHANGES]
+        fix = "re-run with --restart to train afresh (the run's files are replaced), or undo the edit"
+        if blocking:
+            raise ConfigError(f"{self.exp.name}: the configuration changed since {where} was saved: "
+                              f"{'; '.join(blocking)}; {fix}")
+        done = int(ckpt["iteration"])
+        if done > self.t.iterations:
+            raise ConfigError(f"{self.exp.name}: {where} is at iteration {done}, beyond train.iterations "
+                              f"{self.t.iterations}; {fix}")
+        if changed:
+            self.say(f"{self.exp.name}: {changed[0]}: the poly schedule continues on the new length")
 
     # ------------------------------------------------------------------------------------------------
     # The loop
@@ -172,7 +224,9 @@ class Trainer:
         total = total + sum(a.float() for a in aux.values())
         names = ["loss", *(f"loss/{k}" for k in losses), *(f"aux/{k}" for k in aux)]
         values = torch.stack([total, *losses.values(), *aux.values()]).detach().float()
-        values = distributed.all_reduce_sum(self.info, values) / self.info.world_size
+        stop = torch.tensor([float(self.stop.signum or 0)], device=values.device)  # signals.py: all ranks
+        reduced = distributed.all_reduce_sum(self.info, torch.cat([values, stop]))
+        values, self.stop_requested = reduced[:-1] / self.info.world_size, int(reduced[-1].item())
         finite = torch.isfinite(values).tolist()
         if not all(finite):
             bad = next((i for i, ok in enumerate(finite) if not ok and i), 0)
@@ -181,12 +235,13 @@ class Trainer:
             self.diverged(what if name else "the total loss", values[bad].item())
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        norm = torch.zeros((), device=self.info.device)
+        self.scaler.unscale_(self.optimizer)
         if self.t.grad_clip > 0:
-            self.scaler.unscale_(self.optimizer)
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.t.grad_clip)
-            if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):
-                self.diverged("the gradient norm", norm.item())
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        if not self.scaler.is_enabled() and not bool(torch.isfinite(norm)):  # fp16: the scaler skips it
+            self.diverged("the gradient norm", norm.item())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         with warnings.catch_warnings():  # fp16: the scaler skips the steps whose gradients overflowed
@@ -194,11 +249,14 @@ class Trainer:
             self.scheduler.step()
         return values, names, norm.detach().float()
 
-    def diverged(self, what: str, value: float) -> None:
+    def diverged(self, what: str, value: float, before: str = "") -> None:
+        """Stop on a non-finite ``what``; the checkpoint on disk passed :func:`first_non_finite`."""
         kept = (f"the last good checkpoint {self.runlog.checkpoint} (iteration {self.saved_at}) is kept"
                 if self.saved_at is not None else "no checkpoint was written yet")
-        raise TrainingError(f"{self.exp.name}: {what} is {value} at iteration {self.iteration + 1}; stopped, "
-                            f"{kept}; lower train.lr, or use train.amp: none")
+        at = f"before saving iteration {self.iteration}" if before else f"at iteration {self.iteration + 1}"
+        is_ = "is non-finite" if before else f"is {value}"
+        raise TrainingError(f"{self.exp.name}: {what} {is_} {at}; stopped, {kept}; lower train.lr, set "
+                            "train.grad_clip, or use train.amp: none")
 
     def oom(self, exc: BaseException, during: str) -> TrainingError:
         t = self.t
@@ -227,6 +285,10 @@ class Trainer:
 
     def run(self, restart: bool = False) -> dict[str, float]:
         """Train to ``train.iterations`` (resuming if possible); the metrics of the final evaluation."""
+        with self.stop:
+            return self._run(restart)
+
+    def _run(self, restart: bool) -> dict[str, float]:
         self.resume(restart)
         T = self.t.iterations
         if self.iteration >= T:
@@ -242,7 +304,7 @@ class Trainer:
         self.bar = tqdm(total=T, initial=self.iteration, desc=self.exp.name, unit="it",
                         disable=not self.progress, dynamic_ncols=True)
         with self.bar:
-            for epoch, batch in batches(self.iteration):
+            for epoch, batch in self.until_stopped(batches(self.iteration)):
                 lr = self.optimizer.param_groups[0]["lr"]
                 try:
                     values, names, norm = self.step(batch)
@@ -276,16 +338,50 @@ class Trainer:
                     self.callback(self.iteration, row)
                 if self.iteration >= T:
                     break
+                if self.stop_requested:
+                    self.interrupt()
         self.bar = None
         return metrics
 
+    def until_stopped(self, batches):
+        """``batches``, except that a loader that fails after a stop signal (its workers got the signal too,
+        ``train/signals.py``) ends the run as the signal would, at the last completed iteration."""
+        while True:
+            try:
+                item = next(batches)
+            except Exception:
+                if self.stop.signum:
+                    self.interrupt()
+                raise
+            yield item
 
-def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
+    def interrupt(self) -> None:
+        """Save at this safe point (the end of an iteration) and stop with the signal's exit status."""
+        if self.saved_at != self.iteration:
+            self.save()
+        name = signal_name(self.stop.signum or self.stop_requested)
+        raise Interrupted(f"{self.exp.name}: stopped by {name} after iteration {self.iteration}; the "
+                          f"checkpoint {self.runlog.checkpoint} is saved, re-run the same command to resume",
+                          self.stop.signum or self.stop_requested)
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``"<key> <old> → <new>"`` for every key of two resolved configurations that differs (nested keys
+    dotted; where the run and its data live does not count)."""
     out = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{key}.")
+            out += config_changes(a, b, f"{prefix}{key}.")
         elif a != b and key not in ("run_dir", "data_root"):
             out.append(f"{prefix}{key} {a!r} → {b!r}")
     return out
@@ -293,10 +389,19 @@ def _diff(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def train(exp: Experiment, progress: bool | None = None, restart: bool = False,
           callback: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
-    """Train (or resume) ``exp``; returns the final metrics. Joins/leaves the torchrun group if any."""
+    """Train (or resume) ``exp``; returns the final metrics. Joins/leaves the torchrun group if any.
+
+    The main process holds the run folder's lock throughout, and first removes the temporaries that a
+    killed run left there (a checkpoint being written is ``.checkpoint.pt.<random>.tmp``)."""
     owns = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    main = int(os.environ.get("RANK", "0")) == 0
+    lock = FolderLock(exp.run_dir, f"densemoe train --experiment {exp.name}") if main else nullcontext()
     try:
-        return Trainer(exp, progress, callback).run(restart)
+        with lock:
+            if main:
+                for path in remove_stale(exp.run_dir):
+                    log.info("%s: removed %s, left by an interrupted run", exp.name, path)
+            return Trainer(exp, progress, callback).run(restart)
     finally:
         if owns:
             distributed.teardown()
